@@ -1,0 +1,88 @@
+"""Backend selection: ``reference``, ``triton``, ``cuda``, or ``auto``.
+
+Order of precedence: an explicit ``backend=`` argument, then the ``MUXKERNELS_BACKEND``
+environment variable, then ``auto``. ``auto`` picks, for the input's device, the first
+backend in the op's preference list that is built and usable, else ``reference``. A
+backend asked for explicitly (argument or variable) that the op lacks or that cannot run
+here is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+
+from . import _extension
+
+Backend = Literal["auto", "reference", "triton", "cuda"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
+ENV_VAR = "MUXKERNELS_BACKEND"
+
+
+def _triton_usable(device: torch.device) -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, ""
+    return False, f"triton kernels need a CUDA tensor (or TRITON_INTERPRET=1), got {device}"
+
+
+def _cuda_usable(device: torch.device) -> tuple[bool, str]:
+    if not _extension.load():
+        return False, (
+            "the compiled extension muxkernels._C is not built (reinstall with "
+            "MUXKERNELS_BUILD_CUDA=1 pip install --no-build-isolation .)"
+        )
+    if device.type in ("cuda", "cpu"):
+        return True, ""
+    return False, f"the cuda backend runs on CUDA (or, for testing, CPU) tensors, got {device}"
+
+
+def usable(backend: str, device: torch.device) -> tuple[bool, str]:
+    """Whether ``backend`` can run on ``device`` here, and if not, why."""
+    if backend == "reference":
+        return True, ""
+    if backend == "triton":
+        return _triton_usable(device)
+    if backend == "cuda":
+        return _cuda_usable(device)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def resolve(op: str, backend: str, device: torch.device, implemented: tuple[str, ...]) -> str:
+    """The backend that runs ``op`` on ``device``.
+
+    ``implemented`` lists the op's kernel backends in order of preference for ``auto``
+    (fastest first); ``reference`` is always implemented.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    source = "backend argument"
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+        if env not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={env!r} is not one of {BACKENDS}")
+        backend, source = env, f"the {ENV_VAR} environment variable"
+    if backend == "auto":
+        if device.type == "cpu":
+            return "reference"
+        for candidate in implemented:
+            if usable(candidate, device)[0]:
+                return candidate
+        return "reference"
+    if backend == "reference":
+        return backend
+    if backend not in implemented:
+        have = ", ".join(("reference", *implemented))
+        raise NotImplementedError(
+            f"{op} has no {backend!r} backend yet (asked for by {source}); it has: {have}"
+        )
+    ok, why = usable(backend, device)
+    if not ok:
+        raise RuntimeError(f"{op}: backend {backend!r} (asked for by {source}) cannot run: {why}")
+    return backend

@@ -1,0 +1,125 @@
+"""Input validation shared by every op: each failure names the argument and the shapes seen.
+
+Shape and value problems raise ``ValueError``; dtype problems raise ``TypeError``. Nothing is
+fixed up silently (in particular a batch that is not a multiple of N is never truncated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def check_tensor(name: str, t: object) -> torch.Tensor:
+    """``t`` must be a tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_rank(name: str, t: torch.Tensor, ranks: int | Iterable[int], layout: str) -> None:
+    """``t.dim()`` must be one of ``ranks``; ``layout`` spells the expected shape."""
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if t.dim() not in allowed:
+        raise ValueError(f"{name} must have shape {layout}, got rank {t.dim()} shape {_shape(t)}")
+
+
+def check_floating(name: str, t: torch.Tensor) -> None:
+    """``t`` must be fp16, bf16, fp32 or fp64."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype} "
+            f"(shape {_shape(t)})"
+        )
+
+
+def check_nonempty(name: str, t: torch.Tensor) -> None:
+    """Empty inputs are refused: an op on zero rows is almost always a caller's bug."""
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {_shape(t)})")
+
+
+def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Every tensor in ``others`` must live on ``ref``'s device."""
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(
+                f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                "move them to one device"
+            )
+
+
+def check_param_dtype(name: str, t: torch.Tensor, data_name: str, data: torch.Tensor) -> None:
+    """A parameter must share the data's dtype, or be float32 (kept in full precision)."""
+    check_floating(name, t)
+    allowed = {data.dtype, torch.float32}
+    if data.dtype == torch.float64:
+        allowed = {torch.float64}
+    if t.dtype not in allowed:
+        want = " or ".join(sorted(str(d) for d in allowed))
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; with {data_name} in {data.dtype} it must be {want}"
+        )
+
+
+def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) -> None:
+    """``t.shape[dim]`` must equal ``expected``; ``what`` says where the number comes from."""
+    if t.shape[dim] != expected:
+        raise ValueError(
+            f"{name} has size {t.shape[dim]} in dim {dim} (shape {_shape(t)}), "
+            f"but {what} is {expected}"
+        )
+
+
+def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    """``t`` must have exactly the shape ``expected``."""
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {_shape(t)}")
+
+
+def check_num_instances(num_instances: int) -> None:
+    """N must be a positive int."""
+    if isinstance(num_instances, bool) or not isinstance(num_instances, int) or num_instances < 1:
+        raise ValueError(f"num_instances must be a positive int, got {num_instances!r}")
+
+
+def group_batch(name: str, t: torch.Tensor, num_instances: int) -> torch.Tensor:
+    """View a caller's batch (B, ...) as (B', N, ...): row g·N+i is instance i of group g.
+
+    A batch that is not a multiple of N is an error: the published DataMUX code silently
+    drops the remainder, and we never lose rows silently (see ``muxkernels.pad_batch``).
+    """
+    batch = t.shape[0]
+    if batch % num_instances != 0:
+        raise ValueError(
+            f"{name} has batch size {batch} (shape {_shape(t)}), which is not a multiple of "
+            f"num_instances={num_instances}; pad it with muxkernels.pad_batch or drop rows yourself"
+        )
+    return t.reshape(batch // num_instances, num_instances, *t.shape[1:])
+
+
+def check_index(name: str, index: torch.Tensor, shape: tuple[int, ...], num_instances: int) -> None:
+    """An instance-index tensor: integer dtype, the given shape, values in [0, N).
+
+    The value check reads the tensor (a device sync on CUDA); it is skipped while
+    torch.compile traces, where data-dependent checks cannot run.
+    """
+    check_tensor(name, index)
+    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
+    check_shape(name, index, shape, "one instance index per (group, position)")
+    if torch.compiler.is_compiling() or index.numel() == 0:
+        return
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= num_instances:
+        raise ValueError(
+            f"{name} holds values in [{lo}, {hi}] but instance indices must lie in "
+            f"[0, {num_instances - 1}] (num_instances={num_instances})"
+        )

@@ -1,0 +1,155 @@
+"""Task heads on the demultiplexers, with the published DataMUX parameter names.
+
+Outputs are flattened to the caller's batch: row g·N+i is instance i of group g. Pass
+``batch_size`` (the caller's B before padding) to drop rows that ``pad=True`` added.
+Dropout is left to the caller: in eval mode these heads match the published ones exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._backend import Backend
+from .demultiplexers import IndexDemultiplexer, MLPDemultiplexer
+
+
+def _rows(t: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+    """Flatten (B', N, …) to (B'·N, …) and keep the first ``batch_size`` rows."""
+    flat = t.flatten(0, 1)
+    return flat if batch_size is None else flat[:batch_size]
+
+
+class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
+    """Token classification: logits = decoder(u) on every position.
+
+    Parameters: ``dense``, ``layer_norm``, ``decoder`` (d → num_labels), ``bias`` (tied to
+    ``decoder.bias``). Returns (logits (B'·N, L', C), u (B'·N, L', d)).
+    """
+
+    def __init__(
+        self,
+        num_instances: int,
+        hidden_size: int,
+        num_labels: int,
+        layer_norm_eps: float = 1e-5,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        self.decoder = nn.Linear(hidden_size, num_labels)
+        self.bias = nn.Parameter(torch.zeros(num_labels))
+        self.decoder.bias = self.bias
+
+    def forward(
+        self, hidden: torch.Tensor, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = _rows(super().forward(hidden, "token"), batch_size)
+        return self.decoder(u), u
+
+
+class IndexDemuxSequenceClassificationHead(IndexDemultiplexer):
+    """Sequence classification at the shared CLS position t = N.
+
+    logits = out_proj(gelu(dense_before_out_proj(u))). Parameters: ``dense``,
+    ``layer_norm``, ``dense_before_out_proj``, ``out_proj``. Returns (logits (B'·N, C),
+    u (B'·N, d)).
+    """
+
+    def __init__(
+        self,
+        num_instances: int,
+        hidden_size: int,
+        num_labels: int,
+        layer_norm_eps: float = 1e-5,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        self.dense_before_out_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def forward(
+        self, hidden: torch.Tensor, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = _rows(super().forward(hidden, "sequence"), batch_size)
+        return self.out_proj(F.gelu(self.dense_before_out_proj(u))), u
+
+
+class IndexDemuxRetrievalHead(IndexDemultiplexer):
+    """Retrieval warm-up: logits over the vocabulary for instance index[g,t] at each t.
+
+    Parameters: ``dense``, ``layer_norm``, ``decoder`` (d → V), ``bias`` (tied).
+    ``forward(hidden (B', L', d), index (B', L'))`` returns logits (B', L', V).
+    """
+
+    def __init__(
+        self,
+        num_instances: int,
+        hidden_size: int,
+        vocab_size: int,
+        layer_norm_eps: float = 1e-5,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.decoder.bias = self.bias
+
+    def forward(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.decoder(super().forward(hidden, "selected", index))
+
+
+class _MLPDemuxHead(nn.Module):
+    """``demux_module`` (MLP branches) + ``dense_before_out_proj``, ``layernorm_presoftmax``,
+    ``out_proj``: logits = out_proj(layernorm_presoftmax(gelu(dense_before_out_proj(u))))."""
+
+    def __init__(
+        self,
+        num_instances: int,
+        hidden_size: int,
+        num_labels: int,
+        layer_norm_eps: float = 1e-5,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_instances = num_instances
+        self.demux_module = MLPDemultiplexer(
+            num_instances, hidden_size, layer_norm_eps, backend=backend
+        )
+        self.dense_before_out_proj = nn.Linear(hidden_size, hidden_size)
+        self.layernorm_presoftmax = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+
+    def _project(self, u: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.dense_before_out_proj(u))
+        return self.out_proj(self.layernorm_presoftmax(x))
+
+
+class MLPDemuxSequenceClassificationHead(_MLPDemuxHead):
+    """Sequence classification with MLP demux on the CLS position t = 0.
+
+    Returns (logits (B'·N, C), u (B'·N, d)).
+    """
+
+    def forward(
+        self, hidden: torch.Tensor, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = _rows(self.demux_module(hidden[:, :1])[:, :, 0], batch_size)
+        return self._project(u), u
+
+
+class MLPDemuxTokenClassificationHead(_MLPDemuxHead):
+    """Token classification with MLP demux on every position.
+
+    Returns (logits (B'·N, L, C), u (B'·N, L, d)).
+    """
+
+    def forward(
+        self, hidden: torch.Tensor, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = _rows(self.demux_module(hidden), batch_size)
+        return self._project(u), u

@@ -1,0 +1,94 @@
+"""Argument checks shared by the functional ops (kept apart so each op file stays short)."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import (
+    check_dim,
+    check_floating,
+    check_index,
+    check_nonempty,
+    check_num_instances,
+    check_param_dtype,
+    check_rank,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    group_batch,
+)
+from ..reference import GATHERS
+
+
+def mux_input(embeddings: torch.Tensor, num_instances: int, hidden_size: int) -> torch.Tensor:
+    """Validate the multiplexer input and return it grouped as (B', N, L, d).
+
+    Accepts the caller's batch (B, L, d), B = B'·N, row g·N+i being instance i of group g,
+    or the grouped (B', N, L, d).
+    """
+    check_tensor("embeddings", embeddings)
+    check_floating("embeddings", embeddings)
+    check_rank("embeddings", embeddings, (3, 4), "(B, L, d) or (B', N, L, d)")
+    check_nonempty("embeddings", embeddings)
+    check_num_instances(num_instances)
+    if embeddings.dim() == 3:
+        embeddings = group_batch("embeddings", embeddings, num_instances)
+    else:
+        check_dim("embeddings", embeddings, 1, num_instances, "the number of instances N")
+    check_dim("embeddings", embeddings, 3, hidden_size, "the transform's hidden size d")
+    return embeddings
+
+
+def transform(name: str, t: torch.Tensor, embeddings: torch.Tensor, rank: int, layout: str) -> None:
+    """A transform tensor: a float tensor of the given rank on the embeddings' device."""
+    check_tensor(name, t)
+    check_rank(name, t, rank, layout)
+    check_nonempty(name, t)
+    check_param_dtype(name, t, "embeddings", embeddings)
+    check_same_device("embeddings", embeddings, **{name: t})
+
+
+def demux_hidden(hidden: torch.Tensor, min_length: int, what: str) -> None:
+    """The encoder output h: a non-empty float (B', L', d) tensor with L' >= min_length."""
+    check_tensor("hidden", hidden)
+    check_floating("hidden", hidden)
+    check_rank("hidden", hidden, 3, "(B', L', d)")
+    check_nonempty("hidden", hidden)
+    if hidden.shape[1] < min_length:
+        raise ValueError(
+            f"hidden has length {hidden.shape[1]} (shape {tuple(hidden.shape)}) but {what} "
+            f"needs at least {min_length} positions"
+        )
+
+
+def demux_params(hidden: torch.Tensor, shapes: dict[str, tuple[torch.Tensor, tuple[int, ...]]]):
+    """Each named parameter has its expected shape, a usable dtype and hidden's device."""
+    for name, (t, shape) in shapes.items():
+        check_tensor(name, t)
+        check_shape(name, t, shape, f"d={hidden.shape[-1]}")
+        check_param_dtype(name, t, "hidden", hidden)
+        check_same_device("hidden", hidden, **{name: t})
+
+
+def gather_args(gather: str, index: torch.Tensor | None, hidden: torch.Tensor, n: int) -> None:
+    """``gather`` is known; ``index`` (B', L') is given exactly when gather == "selected"."""
+    if gather not in GATHERS:
+        raise ValueError(f"gather must be one of {GATHERS}, got {gather!r}")
+    if gather == "selected":
+        if index is None:
+            raise ValueError("gather=\"selected\" needs index, a (B', L') tensor of instance ids")
+        check_same_device("hidden", hidden, index=index)
+        check_index("index", index, tuple(hidden.shape[:2]), n)
+    elif index is not None:
+        raise ValueError(f'index is only used with gather="selected", got gather={gather!r}')
+
+
+def eps_arg(eps: float) -> None:
+    """LayerNorm eps is a positive float."""
+    if not (isinstance(eps, float | int) and eps > 0):
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+
+
+def num_instances(n: int) -> None:
+    """N is a positive int."""
+    check_num_instances(n)

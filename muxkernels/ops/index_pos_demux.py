@@ -1,0 +1,60 @@
+"""index_pos (RSA) demultiplex (SPEC section 5): u[g,i,t] = LN(gelu(W_h h[g,t] + c_i)).
+
+No prefix: learned keys k (N, d) stand in for the index positions, c_i = W_k k_i + b with
+W = [W_k | W_h] of shape (d, 2d). Same gathers as the index demux; "sequence" reads t = 0.
+Only the reference backend exists so far.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _backend, reference
+from ..reference import Gather
+from . import _validate
+
+
+def index_pos_demux(
+    hidden: torch.Tensor,
+    keys: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    *,
+    eps: float = 1e-5,
+    gather: Gather = "token",
+    index: torch.Tensor | None = None,
+    backend: _backend.Backend = "auto",
+) -> torch.Tensor:
+    """Demultiplex with learned instance keys.
+
+    Args:
+        hidden: (B', L, d) encoder output (no prefix).
+        keys: (N, d) ``demux_instance_embedding``.
+        weight: (d, 2d) ``dense_1.weight`` acting on [k; h]; bias: (d,).
+        ln_weight, ln_bias: (d,) LayerNorm affine parameters; eps: LayerNorm eps.
+        gather: "token" (B', N, L, d), "sequence" at t = 0 (B', N, d), or "selected"
+            with ``index`` (B', L) → (B', L, d).
+        backend: "auto", "reference", "triton" or "cuda".
+    """
+    _validate.demux_hidden(hidden, 1, "index_pos demux")
+    d = hidden.shape[-1]
+    _validate.demux_params(
+        hidden,
+        {
+            "weight": (weight, (d, 2 * d)),
+            "bias": (bias, (d,)),
+            "ln_weight": (ln_weight, (d,)),
+            "ln_bias": (ln_bias, (d,)),
+        },
+    )
+    _validate.transform("keys", keys, hidden, 2, "(N, d)")
+    if keys.shape[1] != d:
+        raise ValueError(f"keys must have shape (N, {d}), got {tuple(keys.shape)}")
+    _validate.eps_arg(eps)
+    _validate.gather_args(gather, index, hidden, keys.shape[0])
+    _backend.resolve("index_pos_demux", backend, hidden.device, ())
+    return reference.index_pos_demux(
+        hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
+    )
