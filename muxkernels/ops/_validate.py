@@ -39,13 +39,21 @@ def mux_input(embeddings: torch.Tensor, num_instances: int, hidden_size: int) ->
     return embeddings
 
 
-def transform(name: str, t: torch.Tensor, embeddings: torch.Tensor, rank: int, layout: str) -> None:
-    """A transform tensor: a float tensor of the given rank on the embeddings' device."""
+def transform(
+    name: str,
+    t: torch.Tensor,
+    data: torch.Tensor,
+    rank: int,
+    layout: str,
+    data_name: str = "embeddings",
+) -> None:
+    """A transform tensor: a float tensor of the given rank on the data's device."""
+    check_tensor(data_name, data)
     check_tensor(name, t)
     check_rank(name, t, rank, layout)
     check_nonempty(name, t)
-    check_param_dtype(name, t, "embeddings", embeddings)
-    check_same_device("embeddings", embeddings, **{name: t})
+    check_param_dtype(name, t, data_name, data)
+    check_same_device(data_name, data, **{name: t})
 
 
 def demux_hidden(hidden: torch.Tensor, min_length: int, what: str) -> None:

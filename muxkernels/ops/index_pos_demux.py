@@ -49,7 +49,7 @@ def index_pos_demux(
             "ln_bias": (ln_bias, (d,)),
         },
     )
-    _validate.transform("keys", keys, hidden, 2, "(N, d)")
+    _validate.transform("keys", keys, hidden, 2, "(N, d)", "hidden")
     if keys.shape[1] != d:
         raise ValueError(f"keys must have shape (N, {d}), got {tuple(keys.shape)}")
     _validate.eps_arg(eps)

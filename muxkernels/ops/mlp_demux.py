@@ -35,7 +35,7 @@ def mlp_demux(
     """
     _validate.demux_hidden(hidden, 1, "mlp demux")
     d = hidden.shape[-1]
-    _validate.transform("weight", weight, hidden, 3, "(N, d, d)")
+    _validate.transform("weight", weight, hidden, 3, "(N, d, d)", "hidden")
     n = weight.shape[0]
     _validate.demux_params(
         hidden,
