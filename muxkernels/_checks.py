@@ -73,7 +73,7 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str) ->
     """``t.shape[dim]`` must equal ``expected``; ``what`` says where the number comes from."""
     if t.shape[dim] != expected:
         raise ValueError(
-            f"{name} has size {t.shape[dim]} in dim {dim} (shape {_shape(t)}), "
+            f"{name} has size {t.shape[dim]} in dim {dim % t.dim()} (shape {_shape(t)}), "
             f"but {what} is {expected}"
         )
 

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_nonempty, check_num_instances, check_rank, check_tensor
+from ._checks import (
+    check_nonempty,
+    check_num_instances,
+    check_rank,
+    check_same_device,
+    check_tensor,
+)
 
 ROBERTA_FILLER_ID = 50000
 ROBERTA_CLS_ID = 49923
@@ -74,7 +80,8 @@ def add_index_prefix(
     if batch % num_instances != 0:
         raise ValueError(
             f"input_ids has batch size {batch} (shape {tuple(input_ids.shape)}), which is not a "
-            f"multiple of num_instances={num_instances}"
+            f"multiple of num_instances={num_instances}; pad it with muxkernels.pad_batch or "
+            "drop rows yourself"
         )
     prefix = index_prefix(
         num_instances, index_ids, filler_id, cls_id, device=input_ids.device, dtype=input_ids.dtype
@@ -83,6 +90,7 @@ def add_index_prefix(
     if attention_mask is None:
         return prefixed
     check_tensor("attention_mask", attention_mask)
+    check_same_device("input_ids", input_ids, attention_mask=attention_mask)
     if attention_mask.shape != input_ids.shape:
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "

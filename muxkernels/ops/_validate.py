@@ -31,11 +31,10 @@ def mux_input(embeddings: torch.Tensor, num_instances: int, hidden_size: int) ->
     check_rank("embeddings", embeddings, (3, 4), "(B, L, d) or (B', N, L, d)")
     check_nonempty("embeddings", embeddings)
     check_num_instances(num_instances)
+    check_dim("embeddings", embeddings, -1, hidden_size, "the transform's hidden size d")
     if embeddings.dim() == 3:
-        embeddings = group_batch("embeddings", embeddings, num_instances)
-    else:
-        check_dim("embeddings", embeddings, 1, num_instances, "the number of instances N")
-    check_dim("embeddings", embeddings, 3, hidden_size, "the transform's hidden size d")
+        return group_batch("embeddings", embeddings, num_instances)
+    check_dim("embeddings", embeddings, 1, num_instances, "the number of instances N")
     return embeddings
 
 
@@ -93,7 +92,7 @@ def gather_args(gather: str, index: torch.Tensor | None, hidden: torch.Tensor, n
 
 def eps_arg(eps: float) -> None:
     """LayerNorm eps is a positive float."""
-    if not (isinstance(eps, float | int) and eps > 0):
+    if isinstance(eps, bool) or not (isinstance(eps, float | int) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
 
 
