@@ -1,0 +1,187 @@
+"""Build script for muxkernels' optional CUDA extension, ``muxkernels._C``.
+
+Package metadata lives in pyproject.toml; this file only adds the extension. torch is
+not a build requirement on purpose: the extension must be built against the torch you
+already have, so install with
+
+    pip install --no-build-isolation -e .     (editable; places _C*.so in muxkernels/)
+    pip install --no-build-isolation .
+
+Without the extension the package is pure Python and fully usable (Triton and reference
+backends); the compiled operators add the CUDA C++ backend.
+
+Environment variables
+---------------------
+MUXKERNELS_BUILD_CUDA
+    unset  auto: build ``muxkernels._C`` when torch was built with CUDA
+           (``torch.version.cuda``) and nvcc is found, otherwise install pure Python and
+           print a note saying why.
+    ``1``  build it, and fail loudly if that is impossible.
+    ``0``  never build it (pure Python install).
+MUXKERNELS_CUDA_ARCH
+    GPU architectures to compile for: entries separated by ``;``, ``,`` or spaces. An entry
+    is a compute capability with or without a dot or an ``sm_`` / ``compute_`` prefix, and
+    with an optional ``a`` (arch-specific) or ``f`` (family) suffix: ``90a``, ``9.0a``,
+    ``sm_90a``, ``80``, ``8.6``, ``100f``. Every entry produces SASS
+    (``-gencode arch=compute_XX,code=sm_XX``). In addition, PTX is embedded for the
+    highest entry *with its suffix dropped* (``code=compute_XX``; suffixed PTX would not
+    run on other GPUs), so newer GPUs can JIT-compile the kernels.
+    Default ``90a``: sm_90a SASS (H100/H200) + compute_90 PTX.
+    Example ``80;90a``: sm_80 and sm_90a SASS + compute_90 PTX.
+CUDA_HOME (or CUDA_PATH)
+    CUDA toolkit root. Default: ``/usr/local/cuda`` if it has ``bin/nvcc``, else the
+    directory above the ``nvcc`` found on PATH.
+MAX_JOBS
+    Number of parallel compile jobs, read by torch's ninja build as for any torch
+    extension (default: all cores).
+
+Compiler flags: ``-O3 -DNDEBUG``, no ``--use_fast_math`` (the kernels use IEEE
+arithmetic); nvcc compiles the kernel files (which include only CUDA headers) as C++17,
+the binding file is compiled with torch's own C++ standard (C++20 for torch >= 2.10, whose
+headers require it). The CUDA headers that some torch wheels ship instead of the toolkit
+(``cusparse.h``, ``cublas_v2.h``, ... in ``site-packages/nvidia/cu13/include`` or
+``cu12/include``) are searched after the system include directories.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+EXT_NAME = "muxkernels._C"
+DEFAULT_CUDA_ARCH = "90a"
+
+
+def _note(message: str) -> None:
+    print(f"muxkernels setup: {message}", file=sys.stderr, flush=True)
+
+
+def _build_mode() -> str:
+    """Returns 'auto', 'force' or 'skip' from MUXKERNELS_BUILD_CUDA."""
+    value = os.environ.get("MUXKERNELS_BUILD_CUDA", "").strip()
+    if value == "":
+        return "auto"
+    if value == "1":
+        return "force"
+    if value == "0":
+        return "skip"
+    raise SystemExit(f"MUXKERNELS_BUILD_CUDA must be unset, 0 or 1, got {value!r}")
+
+
+def _find_cuda_home() -> str | None:
+    """Returns the CUDA toolkit root that has bin/nvcc, exporting it as CUDA_HOME."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is not None:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
+            # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
+            os.environ["CUDA_HOME"] = candidate
+            return candidate
+    return None
+
+
+def parse_cuda_arch(spec: str) -> list[str]:
+    """Turns a MUXKERNELS_CUDA_ARCH value into nvcc -gencode flags (see module docstring)."""
+    entries: list[tuple[int, str]] = []
+    for raw in re.split(r"[;,\s]+", spec.strip()):
+        if not raw:
+            continue
+        match = re.fullmatch(r"(?:sm_|compute_)?(\d+)(?:\.(\d))?([af]?)", raw.lower())
+        if match is None:
+            raise SystemExit(
+                f"MUXKERNELS_CUDA_ARCH: cannot parse {raw!r} (expected e.g. 80, 8.0, 90a, sm_90a)"
+            )
+        major, minor, suffix = match.groups()
+        number = int(major) * 10 + int(minor) if minor is not None else int(major)
+        if (number, suffix) not in entries:
+            entries.append((number, suffix))
+    if not entries:
+        raise SystemExit("MUXKERNELS_CUDA_ARCH lists no architecture")
+    flags = [f"-gencode=arch=compute_{n}{s},code=sm_{n}{s}" for n, s in entries]
+    ptx = max(n for n, _ in entries)
+    flags.append(f"-gencode=arch=compute_{ptx},code=compute_{ptx}")
+    return flags
+
+
+def _wheel_cuda_include_dirs(cuda_version: str | None) -> list[str]:
+    """CUDA include directories shipped in the nvidia wheels torch depends on."""
+    try:
+        import nvidia  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    majors = ["cu13", "cu12"]
+    if cuda_version:
+        preferred = f"cu{cuda_version.split('.')[0]}"
+        majors = [preferred] + [m for m in majors if m != preferred]
+    for base in list(getattr(nvidia, "__path__", [])):
+        for major in majors:
+            include = Path(base) / major / "include"
+            if include.is_dir():
+                return [str(include)]
+    return []
+
+
+def _cuda_extension() -> tuple[list[Any], dict[str, Any]]:
+    """Returns ([the CUDAExtension], {build_ext command}), or ([], {}) to skip it."""
+    mode = _build_mode()
+    if mode == "skip":
+        _note("MUXKERNELS_BUILD_CUDA=0: installing pure Python (no muxkernels._C).")
+        return [], {}
+
+    def unavailable(reason: str) -> tuple[list[Any], dict[str, Any]]:
+        if mode == "force":
+            raise SystemExit(f"muxkernels setup: MUXKERNELS_BUILD_CUDA=1 but {reason}")
+        _note(
+            f"{reason}; installing pure Python (no muxkernels._C). "
+            "Set MUXKERNELS_BUILD_CUDA=1 to make this an error."
+        )
+        return [], {}
+
+    cuda_home = _find_cuda_home()
+    try:
+        import torch
+    except ImportError as err:
+        return unavailable(
+            f"torch cannot be imported ({err}); install torch first and use "
+            "pip install --no-build-isolation"
+        )
+    if not torch.version.cuda:
+        return unavailable(f"torch {torch.__version__} was built without CUDA")
+    if cuda_home is None:
+        return unavailable("nvcc was not found (set CUDA_HOME to the CUDA toolkit root)")
+
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    arch_flags = parse_cuda_arch(os.environ.get("MUXKERNELS_CUDA_ARCH", DEFAULT_CUDA_ARCH))
+    cxx_flags = ["-O3", "-DNDEBUG"]
+    for include in _wheel_cuda_include_dirs(torch.version.cuda):
+        cxx_flags += ["-idirafter", include]
+    nvcc_flags = ["-O3", "-DNDEBUG", "-std=c++17", *arch_flags]
+
+    os.chdir(ROOT)  # setuptools wants source paths relative to setup.py
+    sources = ["csrc/bindings.cpp", *sorted(glob.glob("csrc/*.cu"))]
+    _note(
+        f"building {EXT_NAME} with CUDA {torch.version.cuda} from {cuda_home} "
+        f"(torch {torch.__version__}); nvcc arch flags: {' '.join(arch_flags)}"
+    )
+    extension = CUDAExtension(
+        name=EXT_NAME,
+        sources=sources,
+        include_dirs=[str(ROOT / "csrc")],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _cuda_extension()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
