@@ -54,11 +54,13 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, backend: str, device: torch.device, implemented: tuple[str, ...]) -> str:
     """The backend that runs ``op`` on ``device``.
 
     ``implemented`` lists the op's kernel backends in order of preference for ``auto``
-    (fastest first); ``reference`` is always implemented.
+    (fastest first); ``reference`` is always implemented. Under torch.compile the choice
+    is made once, at trace time, and baked into the graph.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

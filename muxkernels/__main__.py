@@ -1,0 +1,67 @@
+"""Command line: ``muxkernels info`` and ``muxkernels check`` (also ``python -m muxkernels``)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+from . import __version__, _backend, _extension
+from ._selfcheck import format_rows, run_checks
+
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def _info() -> int:
+    print(f"muxkernels {__version__}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton: not installed")
+    print(f"compiled extension muxkernels._C: {'loaded' if _extension.load() else 'absent'}")
+    cuda = torch.cuda.is_available()
+    print(f"CUDA device: {torch.cuda.get_device_name() if cuda else 'none'}")
+    device = torch.device("cuda" if cuda else "cpu")
+    for backend in _backend.BACKENDS[1:]:
+        ok, why = _backend.usable(backend, device)
+        print(f"backend {backend:<9} on {device.type}: {'usable' if ok else 'unusable: ' + why}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = tuple(DTYPES[name] for name in args.dtypes)
+    rows = run_checks(device, dtypes)
+    print(f"every op and usable backend on {device}, against the float64 reference:")
+    print(format_rows(rows))
+    failed = [r for r in rows if r.error]
+    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``muxkernels`` console script."""
+    parser = argparse.ArgumentParser(prog="muxkernels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, the compiled extension, usable backends")
+    check = sub.add_parser("check", help="run every op on every usable backend vs float64")
+    check.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info()
+    return _check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

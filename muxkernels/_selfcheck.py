@@ -1,0 +1,108 @@
+"""``muxkernels check``: run every op on every usable backend here and compare to float64.
+
+Answers a user's first question after ``pip install``: does each backend work on this
+machine, and how far is it from the float64 reference? One row per (op, backend, dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import _backend, ops, transforms
+
+
+@dataclass
+class CheckRow:
+    """One (op, backend, dtype) result; ``error`` is empty when the row passed."""
+
+    op: str
+    backend: str
+    dtype: str
+    max_rel_error: float | None
+    error: str = ""
+
+
+Case = Callable[[str, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+
+# Max error relative to the output's largest magnitude that still counts as right.
+TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+
+
+def _cases(device: torch.device, seed: int = 0) -> dict[str, Case]:
+    """Each op bound to random inputs of a small odd shape (N=3, d=97, L=5, B'=2)."""
+    g = torch.Generator().manual_seed(seed)
+    n, d, length, groups = 3, 97, 5, 2
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device)
+
+    emb = rnd(groups * n, length, d)
+    vec = transforms.gaussian_vectors(n, d, generator=g, dtype=torch.float64).to(device)
+    mats = transforms.ortho_matrices(n, d, generator=g, dtype=torch.float64).to(device)
+    u, h = transforms.lowrank_factors(n, d, generator=g, dtype=torch.float64)
+    hid = rnd(groups, length + n + 1, d)
+    w2, b, lw, lb = rnd(d, 2 * d, scale=d**-0.5), rnd(d), rnd(d), rnd(d)
+    keys = rnd(n, d)
+    wm, bm, lwm, lbm = rnd(n, d, d, scale=d**-0.5), rnd(n, d), rnd(n, d), rnd(n, d)
+
+    return {
+        "hadamard_mux": lambda be, c: ops.hadamard_mux(c(emb), c(vec), backend=be),
+        "ortho_mux": lambda be, c: ops.ortho_mux(c(emb), c(mats), backend=be),
+        "lowrank_ortho_mux": lambda be, c: ops.lowrank_ortho_mux(
+            c(emb), c(u.to(device)), c(h.to(device)), num_instances=n, backend=be
+        ),
+        "index_demux": lambda be, c: ops.index_demux(
+            c(hid), c(w2), c(b), c(lw), c(lb), num_instances=n, backend=be
+        ),
+        "index_pos_demux": lambda be, c: ops.index_pos_demux(
+            c(hid), c(keys), c(w2), c(b), c(lw), c(lb), backend=be
+        ),
+        "mlp_demux": lambda be, c: ops.mlp_demux(c(hid), c(wm), c(bm), c(lwm), c(lbm), backend=be),
+    }
+
+
+def run_checks(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> list[CheckRow]:
+    """Every op × usable backend × dtype on ``device``, against the float64 reference."""
+    rows = []
+    cases = _cases(device)
+    for dtype in dtypes:
+
+        def cast(t: torch.Tensor, dtype: torch.dtype = dtype) -> torch.Tensor:
+            return t.to(dtype)
+
+        for op, call in cases.items():
+            expected = call("reference", lambda t: t).double()
+            for backend in _backend.BACKENDS[1:]:
+                if not _backend.usable(backend, device)[0]:
+                    continue
+                name = str(dtype).removeprefix("torch.")
+                try:
+                    got = call(backend, cast).double()
+                except NotImplementedError:
+                    continue
+                except Exception as exc:  # report, don't crash: this is a diagnostic
+                    rows.append(CheckRow(op, backend, name, None, f"{type(exc).__name__}: {exc}"))
+                    continue
+                scale = expected.abs().max().clamp_min(1e-30)
+                err = float((got - expected).abs().max() / scale)
+                rows.append(
+                    CheckRow(op, backend, name, err, "" if err <= TOLERANCE[dtype] else "TOO FAR")
+                )
+    return rows
+
+
+def format_rows(rows: list[CheckRow]) -> str:
+    """A plain-text table of the check rows."""
+    lines = [f"{'op':<20} {'backend':<10} {'dtype':<9} {'max rel error':>14}"]
+    for r in rows:
+        err = f"{r.max_rel_error:14.2e}" if r.max_rel_error is not None else f"{'FAILED':>14}"
+        lines.append(f"{r.op:<20} {r.backend:<10} {r.dtype:<9} {err} {r.error}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""torch.compile(fullgraph=True) traces every public op, forward and backward.
+
+The "aot_eager" backend runs dynamo and AOTAutograd (fake tensors, the operators' fake
+implementations, the backward graph) without inductor's slow C++ compilation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import muxkernels
+from muxkernels import _extension, transforms
+
+N, D, L, GROUPS = 3, 8, 4, 2
+
+
+def _compiled(fn):
+    torch._dynamo.reset()
+    return torch.compile(fn, fullgraph=True, backend="aot_eager")
+
+
+def _inputs(randn):
+    return {
+        "emb": randn(GROUPS * N, L, D),
+        "vec": transforms.gaussian_vectors(N, D, generator=0, dtype=torch.float64),
+        "mats": transforms.ortho_matrices(N, D, generator=0, dtype=torch.float64),
+        "hid": randn(GROUPS, L + N + 1, D),
+        "w2": randn(D, 2 * D, scale=D**-0.5),
+        "b": randn(D),
+        "lw": randn(D),
+        "lb": randn(D),
+        "keys": randn(N, D),
+        "wm": randn(N, D, D, scale=D**-0.5),
+        "bm": randn(N, D),
+        "index": torch.randint(
+            0, N, (GROUPS, L + N + 1), generator=torch.Generator().manual_seed(0)
+        ),
+    }
+
+
+CASES = {
+    "hadamard_mux": lambda x, be: muxkernels.hadamard_mux(x["emb"], x["vec"], backend=be),
+    "ortho_mux": lambda x, be: muxkernels.ortho_mux(x["emb"], x["mats"], backend=be),
+    "lowrank_ortho_mux": lambda x, be: muxkernels.lowrank_ortho_mux(
+        x["emb"], x["mats"][0], x["mats"][1], num_instances=N, backend=be
+    ),
+    "index_demux_token": lambda x, be: muxkernels.index_demux(
+        x["hid"], x["w2"], x["b"], x["lw"], x["lb"], num_instances=N, backend=be
+    ),
+    "index_demux_sequence": lambda x, be: muxkernels.index_demux(
+        x["hid"], x["w2"], x["b"], x["lw"], x["lb"], num_instances=N, gather="sequence", backend=be
+    ),
+    "index_demux_selected": lambda x, be: muxkernels.index_demux(
+        x["hid"],
+        x["w2"],
+        x["b"],
+        x["lw"],
+        x["lb"],
+        num_instances=N,
+        gather="selected",
+        index=x["index"],
+        backend=be,
+    ),
+    "index_pos_demux": lambda x, be: muxkernels.index_pos_demux(
+        x["hid"], x["keys"], x["w2"], x["b"], x["lw"], x["lb"], backend=be
+    ),
+    "mlp_demux": lambda x, be: muxkernels.mlp_demux(
+        x["hid"], x["wm"], x["bm"], x["lw"].expand(N, D), x["lb"].expand(N, D), backend=be
+    ),
+}
+
+
+def _check_forward_backward(case, inputs, backend):
+    leaves = {k: v.requires_grad_() for k, v in inputs.items() if v.is_floating_point()}
+    eager = case(inputs, backend)
+    eager_grads = torch.autograd.grad(eager.sum(), list(leaves.values()), allow_unused=True)
+    compiled = _compiled(lambda x: case(x, backend))(inputs)
+    grads = torch.autograd.grad(compiled.sum(), list(leaves.values()), allow_unused=True)
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip(grads, eager_grads, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fullgraph_reference(name, randn):
+    _check_forward_backward(CASES[name], _inputs(randn), "reference")
+
+
+@pytest.mark.extension
+def test_fullgraph_cuda_backend_hadamard_mux(randn):
+    if not _extension.load():
+        pytest.skip("muxkernels._C is not built")
+    _check_forward_backward(CASES["hadamard_mux"], _inputs(randn), "cuda")
