@@ -34,7 +34,10 @@ def _info() -> int:
     device = torch.device("cuda" if cuda else "cpu")
     for backend in _backend.BACKENDS[1:]:
         ok, why = _backend.usable(backend, device)
-        print(f"backend {backend:<9} on {device.type}: {'usable' if ok else 'unusable: ' + why}")
+        state = "usable" if ok else f"unusable: {why}"
+        if ok and backend == "cuda" and device.type == "cpu":
+            state += " (the compiled operators' CPU implementations, for testing)"
+        print(f"backend {backend:<9} on {device.type}: {state}")
     return 0
 
 
