@@ -1,7 +1,7 @@
 """muxkernels: fused kernels for data multiplexing (DataMUX).
 
 Functional ops (each takes ``backend=``: "auto", "reference", "triton", "cuda"):
-``hadamard_mux``, ``ortho_mux``, ``lowrank_ortho_mux``, ``index_demux``,
+``embed_mux``, ``hadamard_mux``, ``ortho_mux``, ``lowrank_ortho_mux``, ``index_demux``,
 ``index_pos_demux``, ``mlp_demux``. Layers live in ``muxkernels.nn``, the plain-PyTorch
 oracle in ``muxkernels.reference``, transform initialisers in ``muxkernels.transforms``.
 """
@@ -11,6 +11,7 @@ from ._backend import BACKENDS, ENV_VAR
 from ._extension import cuda_kernels_available
 from .ops import (
     HadamardMux,
+    embed_mux,
     hadamard_mux,
     index_demux,
     index_pos_demux,
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "add_index_prefix",
     "cuda_kernels_available",
+    "embed_mux",
     "hadamard_mux",
     "index_demux",
     "index_pos_demux",

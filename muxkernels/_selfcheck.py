@@ -53,7 +53,12 @@ def _cases(device: torch.device, seed: int = 0) -> dict[str, Case]:
     keys = rnd(n, d)
     wm, bm, lwm, lbm = rnd(n, d, d, scale=d**-0.5), rnd(n, d), rnd(n, d), rnd(n, d)
 
+    tok = torch.randint(0, 50, (groups * n, length), generator=g, device=device)
+    word, posn, typ = rnd(50, d), rnd(length, d), rnd(2, d)
     return {
+        "embed_mux": lambda be, c: ops.embed_mux(
+            tok, c(word), c(posn), c(typ), c(lw), c(lb), c(vec), backend=be
+        ),
         "hadamard_mux": lambda be, c: ops.hadamard_mux(c(emb), c(vec), backend=be),
         "ortho_mux": lambda be, c: ops.ortho_mux(c(emb), c(mats), backend=be),
         "lowrank_ortho_mux": lambda be, c: ops.lowrank_ortho_mux(

@@ -246,3 +246,25 @@ def add_index_prefix(input_ids, num_instances, index_ids, filler_id, cls_id, att
         return ids
     mask = [[1] * (num_instances + 1) + row for row in attention_mask.tolist()]
     return ids, torch.tensor(mask, dtype=attention_mask.dtype)
+
+
+def embed_mux(
+    ids, word, pos, typ, ln_w, ln_b, vectors, pos_ids, type_ids, mpos_ids, mtype_ids, eps
+):
+    """e[g,i,t] = LN(word[id] + pos[p] + type[s]); m = (1/N) Σ_i v_i e_i; x = LN(m + pos + type)."""
+    groups, n, length = ids.shape
+    d = word.shape[1]
+    W, P, T = word.tolist(), pos.tolist(), typ.tolist()
+    lw, lb, v = ln_w.tolist(), ln_b.tolist(), vectors.tolist()
+    x = _zeros(groups, length, d)
+    for g in range(groups):
+        for t in range(length):
+            mixed = [0.0] * d
+            for i in range(n):
+                wi, pi, si = int(ids[g, i, t]), int(pos_ids[g, i, t]), int(type_ids[g, i, t])
+                e = layer_norm([W[wi][k] + P[pi][k] + T[si][k] for k in range(d)], lw, lb, eps)
+                for k in range(d):
+                    mixed[k] += v[i][k] * e[k] / n
+            pj, sj = int(mpos_ids[g, t]), int(mtype_ids[g, t])
+            x[g][t] = layer_norm([mixed[k] + P[pj][k] + T[sj][k] for k in range(d)], lw, lb, eps)
+    return _out(x)

@@ -33,6 +33,8 @@ def _inputs(randn):
         "keys": randn(N, D),
         "wm": randn(N, D, D, scale=D**-0.5),
         "bm": randn(N, D),
+        "tok": torch.randint(0, 11, (GROUPS * N, L), generator=torch.Generator().manual_seed(1)),
+        "tables": randn(11, D),
         "index": torch.randint(
             0, N, (GROUPS, L + N + 1), generator=torch.Generator().manual_seed(0)
         ),
@@ -40,6 +42,9 @@ def _inputs(randn):
 
 
 CASES = {
+    "embed_mux": lambda x, be: muxkernels.embed_mux(
+        x["tok"], x["tables"], x["tables"], x["tables"][:2], x["lw"], x["lb"], x["vec"], backend=be
+    ),
     "hadamard_mux": lambda x, be: muxkernels.hadamard_mux(x["emb"], x["vec"], backend=be),
     "ortho_mux": lambda x, be: muxkernels.ortho_mux(x["emb"], x["mats"], backend=be),
     "lowrank_ortho_mux": lambda x, be: muxkernels.lowrank_ortho_mux(

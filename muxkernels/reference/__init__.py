@@ -15,6 +15,7 @@ from .demultiplex import (
     mlp_demux,
 )
 from .multiplex import (
+    embed_mux,
     hadamard_mux,
     hadamard_mux_backward,
     lowrank_dense,
@@ -27,6 +28,7 @@ __all__ = [
     "GATHERS",
     "Gather",
     "demux_gather",
+    "embed_mux",
     "hadamard_mux",
     "hadamard_mux_backward",
     "index_demux",

@@ -100,3 +100,42 @@ def lowrank_dense(u: torch.Tensor, h: torch.Tensor, num_instances: int) -> torch
     c = lowrank_block(d, num_instances)
     blocks = [slice(i * c, (i + 1) * c) for i in range(num_instances)]
     return torch.stack([u[:, s] @ h[:, s].T for s in blocks])
+
+
+def embed_mux(
+    input_ids: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embeddings: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    vectors: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    mixed_position_ids: torch.Tensor,
+    mixed_token_type_ids: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """The fused front end: token ids of N instances → one multiplexed embedding.
+
+    e[g,i,t] = LN(word[ids[g,i,t]] + pos[position_ids[g,i,t]] + type[token_type_ids[g,i,t]])
+    m[g,t]   = (1/N) · Σ_i v_i ⊙ e[g,i,t]
+    x[g,t]   = LN(m[g,t] + pos[mixed_position_ids[g,t]] + type[mixed_token_type_ids[g,t]])
+    The same embedding module (tables and LayerNorm) serves both steps, as in the published
+    code, which calls it twice; dropout is not applied (eval mode).
+
+    input_ids, position_ids, token_type_ids: (B', N, L); mixed_*: (B', L); tables (V_*, d);
+    ln_weight, ln_bias: (d,); vectors: (N, d). Returns (B', L, d) in the tables' dtype.
+    """
+    d = word_embeddings.shape[1]
+    ct = compute_dtype(word_embeddings, vectors)
+    word, pos, typ = (
+        t.to(ct) for t in (word_embeddings, position_embeddings, token_type_embeddings)
+    )
+    ln_w, ln_b = ln_weight.to(ct), ln_bias.to(ct)
+    layer_norm = torch.nn.functional.layer_norm
+    e = word[input_ids] + pos[position_ids] + typ[token_type_ids]
+    e = layer_norm(e, (d,), ln_w, ln_b, eps)
+    m = hadamard_mux(e, vectors.to(ct))
+    x = layer_norm(m + pos[mixed_position_ids] + typ[mixed_token_type_ids], (d,), ln_w, ln_b, eps)
+    return x.to(word_embeddings.dtype)

@@ -1,0 +1,161 @@
+"""The fused front end (SPEC section 1): reference and functional op against the loop,
+against the published "embedding module called twice" flow, gradcheck, and bad inputs."""
+
+from __future__ import annotations
+
+import loops
+import pytest
+import torch
+
+import muxkernels as mk
+from muxkernels import reference as ref
+
+EPS = 1e-5
+V_WORD, V_POS, V_TYPE = 11, 9, 2
+
+
+def tables(randn, d):
+    return {
+        "word_embeddings": randn(V_WORD, d),
+        "position_embeddings": randn(V_POS, d),
+        "token_type_embeddings": randn(V_TYPE, d),
+        "ln_weight": randn(d),
+        "ln_bias": randn(d),
+    }
+
+
+def ids(*shape, high, seed=0):
+    return torch.randint(0, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("groups,n,length,d", [(1, 1, 1, 5), (2, 3, 4, 5), (2, 3, 1, 7)])
+def test_matches_loop(groups, n, length, d, randn):
+    tab, vec = tables(randn, d), randn(n, d)
+    tok = ids(groups * n, length, high=V_WORD)
+    pos = ids(groups * n, length, high=V_POS, seed=1)
+    typ = ids(groups * n, length, high=V_TYPE, seed=2)
+    mpos, mtyp = ids(groups, length, high=V_POS, seed=3), ids(groups, length, high=V_TYPE, seed=4)
+    got = mk.embed_mux(
+        tok,
+        *tab.values(),
+        vec,
+        position_ids=pos,
+        token_type_ids=typ,
+        mixed_position_ids=mpos,
+        mixed_token_type_ids=mtyp,
+        eps=EPS,
+        backend="reference",
+    )
+
+    def group(t):
+        return t.reshape(groups, n, length)
+
+    want = loops.embed_mux(group(tok), *tab.values(), vec, group(pos), group(typ), mpos, mtyp, EPS)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_defaults_are_positions_0_to_L_and_type_0(randn):
+    n, d, length = 2, 5, 3
+    tab, vec = tables(randn, d), randn(n, d)
+    tok = ids(2 * n, length, high=V_WORD)
+    arange = torch.arange(length)
+    explicit = mk.embed_mux(
+        tok,
+        *tab.values(),
+        vec,
+        position_ids=arange,
+        token_type_ids=torch.zeros_like(tok),
+        mixed_position_ids=arange,
+        mixed_token_type_ids=torch.zeros(2, length, dtype=torch.long),
+    )
+    torch.testing.assert_close(mk.embed_mux(tok, *tab.values(), vec), explicit)
+
+
+def test_equals_published_embedding_module_called_twice(randn):
+    """The published flow: embeddings(ids) per instance, hadamard mean over instances, then
+    embeddings(inputs_embeds=mixed), i.e. position/type add + the same LayerNorm again."""
+    n, d, length, groups = 3, 7, 4, 2
+    tab, vec = tables(randn, d), randn(n, d)
+    word = torch.nn.Embedding.from_pretrained(tab["word_embeddings"])
+    pos = torch.nn.Embedding.from_pretrained(tab["position_embeddings"])
+    typ = torch.nn.Embedding.from_pretrained(tab["token_type_embeddings"])
+    norm = torch.nn.LayerNorm(d, eps=EPS).double()
+    norm.weight.data, norm.bias.data = tab["ln_weight"], tab["ln_bias"]
+    positions = torch.arange(length)[None]
+
+    def embeddings(input_ids=None, inputs_embeds=None):
+        x = word(input_ids) if inputs_embeds is None else inputs_embeds
+        return norm(x + pos(positions) + typ(torch.zeros_like(positions)))
+
+    tok = ids(groups * n, length, high=V_WORD)
+    e = embeddings(input_ids=tok).view(groups, n, length, d)
+    published = embeddings(inputs_embeds=torch.mean(e * vec[None, :, None, :], dim=1))
+    torch.testing.assert_close(mk.embed_mux(tok, *tab.values(), vec, eps=EPS), published)
+
+
+def test_grouped_input_equals_batch(randn):
+    n, d = 3, 5
+    tab, vec = tables(randn, d), randn(n, d)
+    tok = ids(2 * n, 4, high=V_WORD)
+    torch.testing.assert_close(
+        mk.embed_mux(tok.view(2, n, 4), *tab.values(), vec), mk.embed_mux(tok, *tab.values(), vec)
+    )
+
+
+def test_gradcheck(randn):
+    n, d = 2, 5
+    tab = {k: v.requires_grad_() for k, v in tables(randn, d).items()}
+    vec = randn(n, d).requires_grad_()
+    tok = ids(2 * n, 3, high=V_WORD)
+    assert torch.autograd.gradcheck(
+        lambda *args: mk.embed_mux(tok, *args, backend="reference"), (*tab.values(), vec)
+    )
+
+
+def test_reference_keeps_table_dtype(randn):
+    n, d = 2, 8
+    tab = {k: v.to(torch.bfloat16) for k, v in tables(randn, d).items()}
+    vec = randn(n, d).float()
+    out = mk.embed_mux(ids(2 * n, 3, high=V_WORD), *tab.values(), vec)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3, d)
+    exact = mk.embed_mux(
+        ids(2 * n, 3, high=V_WORD), *(t.double() for t in tab.values()), vec.double()
+    )
+    torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=2**-7 * 4)
+
+
+@pytest.mark.parametrize(
+    "change,error,pattern",
+    [
+        (
+            {"input_ids": torch.full((6, 3), V_WORD)},
+            ValueError,
+            r"input_ids holds values .* 11 rows",
+        ),
+        ({"input_ids": -torch.ones(6, 3, dtype=torch.long)}, ValueError, r"input_ids holds"),
+        ({"input_ids": torch.zeros(6, 3)}, TypeError, r"input_ids must be an integer"),
+        ({"input_ids": torch.zeros(7, 3, dtype=torch.long)}, ValueError, r"input_ids .* multiple"),
+        ({"input_ids": torch.zeros(2, 2, 3, dtype=torch.long)}, ValueError, r"vectors has N=3"),
+        ({"input_ids": torch.zeros(6, 0, dtype=torch.long)}, ValueError, r"input_ids is empty"),
+        ({"position_ids": torch.full((3,), V_POS)}, ValueError, r"position_ids holds values"),
+        ({"position_ids": torch.zeros(4, dtype=torch.long)}, ValueError, r"position_ids must"),
+        ({"mixed_token_type_ids": torch.full((2, 3), V_TYPE)}, ValueError, r"mixed_token_type"),
+        (
+            {"token_type_embeddings": torch.zeros(2, 5, dtype=torch.float64)},
+            ValueError,
+            r"token_type_embeddings has .* share d",
+        ),
+        ({"ln_weight": torch.zeros(5, dtype=torch.float64)}, ValueError, r"ln_weight must"),
+        ({"vectors": torch.zeros(3, 5, dtype=torch.float64)}, ValueError, r"vectors must have"),
+        ({"eps": 0.0}, ValueError, r"eps must be"),
+    ],
+)
+def test_bad_inputs(change, error, pattern, randn):
+    args = {"input_ids": ids(6, 3, high=V_WORD), **tables(randn, 4), "vectors": randn(3, 4)}
+    args |= change
+    with pytest.raises(error, match=pattern):
+        mk.embed_mux(**args)
+
+
+def test_reference_module_exports_embed_mux():
+    assert ref.embed_mux is mk.reference.multiplex.embed_mux
