@@ -925,49 +925,25 @@ PAD_BATCH = [
 ]
 
 
-def _check(run, overrides: dict, error: type[Exception], fragments: tuple[str, ...]) -> None:
+REJECTED = {
+    "hadamard_mux": HADAMARD,
+    "ortho_mux": ORTHO,
+    "lowrank_ortho_mux": LOWRANK,
+    "index_demux": INDEX_DEMUX,
+    "index_pos_demux": INDEX_POS_DEMUX,
+    "mlp_demux": MLP_DEMUX,
+    "add_index_prefix": ADD_INDEX_PREFIX,
+    "pad_batch": PAD_BATCH,
+}
+
+
+@pytest.mark.parametrize(
+    ("run", "overrides", "error", "fragments"),
+    [pytest.param(*c.values, id=f"{op}-{c.id}") for op, cases in REJECTED.items() for c in cases],
+)
+def test_bad_input_is_rejected(run, overrides, error, fragments):
     with pytest.raises(error, match=ordered(*fragments)):
         run(**overrides)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), HADAMARD)
-def test_hadamard_mux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), ORTHO)
-def test_ortho_mux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), LOWRANK)
-def test_lowrank_ortho_mux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), INDEX_DEMUX)
-def test_index_demux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), INDEX_POS_DEMUX)
-def test_index_pos_demux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), MLP_DEMUX)
-def test_mlp_demux_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), ADD_INDEX_PREFIX)
-def test_add_index_prefix_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
-
-
-@pytest.mark.parametrize(("run", "overrides", "error", "fragments"), PAD_BATCH)
-def test_pad_batch_rejects(run, overrides, error, fragments):
-    _check(run, overrides, error, fragments)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,13 @@ from .._backend import Backend
 from .demultiplexers import IndexDemultiplexer, MLPDemultiplexer
 
 
+def _tied_decoder(head: nn.Module, hidden_size: int, out_features: int) -> None:
+    """The published ``decoder`` Linear whose bias is the head's own ``bias`` Parameter."""
+    head.decoder = nn.Linear(hidden_size, out_features)
+    head.bias = nn.Parameter(torch.zeros(out_features))
+    head.decoder.bias = head.bias
+
+
 def _rows(t: torch.Tensor, batch_size: int | None) -> torch.Tensor:
     """Flatten (B', N, …) to (B'·N, …) and keep the first ``batch_size`` rows."""
     flat = t.flatten(0, 1)
@@ -38,9 +45,7 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
-        self.decoder = nn.Linear(hidden_size, num_labels)
-        self.bias = nn.Parameter(torch.zeros(num_labels))
-        self.decoder.bias = self.bias
+        _tied_decoder(self, hidden_size, num_labels)
 
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
@@ -94,9 +99,7 @@ class IndexDemuxRetrievalHead(IndexDemultiplexer):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.decoder.bias = self.bias
+        _tied_decoder(self, hidden_size, vocab_size)
 
     def forward(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return self.decoder(super().forward(hidden, "selected", index))
