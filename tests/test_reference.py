@@ -65,40 +65,35 @@ def test_mux_matches_loops(randn, kind, impl, groups, n, length, d):
     torch.testing.assert_close(out, run_mux(kind, "loop", embeddings, params), **F64)
 
 
+BACKWARDS = {
+    # kind: (forward, explicit backward, loop backward, flag naming the transform's grad)
+    "hadamard": (
+        ref.hadamard_mux,
+        ref.hadamard_mux_backward,
+        loops.hadamard_mux_backward,
+        "vectors_grad",
+    ),
+    "ortho": (ref.ortho_mux, ref.ortho_mux_backward, loops.ortho_mux_backward, "matrices_grad"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BACKWARDS))
 @pytest.mark.parametrize(("groups", "n", "length", "d"), SHAPES)
-def test_hadamard_mux_backward(randn, groups, n, length, d):
-    embeddings, vectors = randn(groups, n, length, d), randn(n, d)
+def test_mux_backward(randn, kind, groups, n, length, d):
+    forward, backward, loop_backward, flag = BACKWARDS[kind]
+    embeddings, (transform,) = randn(groups, n, length, d), mux_params(kind, randn, n, d)
     grad_out = randn(groups, length, d)
-    d_e, d_v = ref.hadamard_mux_backward(embeddings, vectors, grad_out, vectors_grad=True)
-    loop_de, loop_dv = loops.hadamard_mux_backward(embeddings, vectors, grad_out)
+    d_e, d_t = backward(embeddings, transform, grad_out, **{flag: True})
+    loop_de, loop_dt = loop_backward(embeddings, transform, grad_out)
     torch.testing.assert_close(d_e, loop_de, **F64)
-    torch.testing.assert_close(d_v, loop_dv, **F64)
+    torch.testing.assert_close(d_t, loop_dt, **F64)
 
-    e, v = embeddings.requires_grad_(), vectors.requires_grad_()
-    auto_de, auto_dv = torch.autograd.grad(ref.hadamard_mux(e, v), (e, v), grad_out)
+    e, t = embeddings.requires_grad_(), transform.requires_grad_()
+    auto_de, auto_dt = torch.autograd.grad(forward(e, t), (e, t), grad_out)
     torch.testing.assert_close(d_e, auto_de, **F64)
-    torch.testing.assert_close(d_v, auto_dv, **F64)
+    torch.testing.assert_close(d_t, auto_dt, **F64)
 
-    d_e_only, none = ref.hadamard_mux_backward(e, v, grad_out, vectors_grad=False)
-    assert none is None
-    torch.testing.assert_close(d_e_only, loop_de, **F64)
-
-
-@pytest.mark.parametrize(("groups", "n", "length", "d"), SHAPES)
-def test_ortho_mux_backward(randn, groups, n, length, d):
-    embeddings, matrices = randn(groups, n, length, d), randn(n, d, d)
-    grad_out = randn(groups, length, d)
-    d_e, d_p = ref.ortho_mux_backward(embeddings, matrices, grad_out, matrices_grad=True)
-    loop_de, loop_dp = loops.ortho_mux_backward(embeddings, matrices, grad_out)
-    torch.testing.assert_close(d_e, loop_de, **F64)
-    torch.testing.assert_close(d_p, loop_dp, **F64)
-
-    e, p = embeddings.requires_grad_(), matrices.requires_grad_()
-    auto_de, auto_dp = torch.autograd.grad(ref.ortho_mux(e, p), (e, p), grad_out)
-    torch.testing.assert_close(d_e, auto_de, **F64)
-    torch.testing.assert_close(d_p, auto_dp, **F64)
-
-    d_e_only, none = ref.ortho_mux_backward(e, p, grad_out, matrices_grad=False)
+    d_e_only, none = backward(e, t, grad_out, **{flag: False})
     assert none is None
     torch.testing.assert_close(d_e_only, loop_de, **F64)
 
