@@ -40,6 +40,12 @@ def check_floating(name: str, t: torch.Tensor) -> None:
         )
 
 
+def check_integer(name: str, t: torch.Tensor) -> None:
+    """``t`` must hold integers (ids or indices): not float, complex or bool."""
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+
+
 def check_nonempty(name: str, t: torch.Tensor) -> None:
     """Empty inputs are refused: an op on zero rows is almost always a caller's bug."""
     if t.numel() == 0:

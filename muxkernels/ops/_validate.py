@@ -77,6 +77,26 @@ def demux_params(hidden: torch.Tensor, shapes: dict[str, tuple[torch.Tensor, tup
         check_same_device("hidden", hidden, **{name: t})
 
 
+def concat_linear_params(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+) -> None:
+    """The (d, 2d) Linear on a [x; h] concatenation and the (d,) LayerNorm after it."""
+    d = hidden.shape[-1]
+    demux_params(
+        hidden,
+        {
+            "weight": (weight, (d, 2 * d)),
+            "bias": (bias, (d,)),
+            "ln_weight": (ln_weight, (d,)),
+            "ln_bias": (ln_bias, (d,)),
+        },
+    )
+
+
 def gather_args(gather: str, index: torch.Tensor | None, hidden: torch.Tensor, n: int) -> None:
     """``gather`` is known; ``index`` (B', L') is given exactly when gather == "selected"."""
     if gather not in GATHERS:
@@ -94,8 +114,3 @@ def eps_arg(eps: float) -> None:
     """LayerNorm eps is a positive float."""
     if isinstance(eps, bool) or not (isinstance(eps, float | int) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")
-
-
-def num_instances(n: int) -> None:
-    """N is a positive int."""
-    check_num_instances(n)

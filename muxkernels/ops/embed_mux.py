@@ -14,8 +14,8 @@ import torch
 from .. import _backend, reference
 from .._checks import (
     check_floating,
+    check_integer,
     check_nonempty,
-    check_num_instances,
     check_rank,
     check_same_device,
     check_shape,
@@ -37,8 +37,7 @@ def _ids(
     if ids is None:
         return torch.zeros(shape, dtype=torch.long, device=input_ids.device)
     check_tensor(name, ids)
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_integer(name, ids)
     if ids is not input_ids:
         check_same_device("input_ids", input_ids, **{name: ids})
     if ids.dim() == 1:
@@ -91,8 +90,7 @@ def embed_mux(
     check_tensor("input_ids", input_ids)
     check_rank("input_ids", input_ids, (2, 3), "(B, L) or (B', N, L)")
     check_nonempty("input_ids", input_ids)
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    check_integer("input_ids", input_ids)
     tables = {
         "word_embeddings": word_embeddings,
         "position_embeddings": position_embeddings,
@@ -115,8 +113,7 @@ def embed_mux(
         word_embeddings, {"ln_weight": (ln_weight, (d,)), "ln_bias": (ln_bias, (d,))}
     )
     _validate.transform("vectors", vectors, word_embeddings, 2, "(N, d)", "word_embeddings")
-    n = vectors.shape[0]
-    check_num_instances(n)
+    n = vectors.shape[0]  # >= 1: vectors is non-empty
     if vectors.shape[1] != d:
         raise ValueError(f"vectors must have shape (N, {d}), got {tuple(vectors.shape)}")
     _validate.eps_arg(eps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, reference
+from .._checks import check_num_instances
 from ..reference import Gather
 from . import _validate
 
@@ -44,18 +45,9 @@ def index_demux(
         u in the hidden dtype: (B', N, L', d), (B', N, d) or (B', L', d) by ``gather``.
         Flattened to the caller's batch, row g·N+i is instance i of group g.
     """
-    _validate.num_instances(num_instances)
+    check_num_instances(num_instances)
     _validate.demux_hidden(hidden, num_instances + 1, f"an index prefix of N+1={num_instances + 1}")
-    d = hidden.shape[-1]
-    _validate.demux_params(
-        hidden,
-        {
-            "weight": (weight, (d, 2 * d)),
-            "bias": (bias, (d,)),
-            "ln_weight": (ln_weight, (d,)),
-            "ln_bias": (ln_bias, (d,)),
-        },
-    )
+    _validate.concat_linear_params(hidden, weight, bias, ln_weight, ln_bias)
     _validate.eps_arg(eps)
     _validate.gather_args(gather, index, hidden, num_instances)
     _backend.resolve("index_demux", backend, hidden.device, ())

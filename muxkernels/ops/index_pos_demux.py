@@ -40,15 +40,7 @@ def index_pos_demux(
     """
     _validate.demux_hidden(hidden, 1, "index_pos demux")
     d = hidden.shape[-1]
-    _validate.demux_params(
-        hidden,
-        {
-            "weight": (weight, (d, 2 * d)),
-            "bias": (bias, (d,)),
-            "ln_weight": (ln_weight, (d,)),
-            "ln_bias": (ln_bias, (d,)),
-        },
-    )
+    _validate.concat_linear_params(hidden, weight, bias, ln_weight, ln_bias)
     _validate.transform("keys", keys, hidden, 2, "(N, d)", "hidden")
     if keys.shape[1] != d:
         raise ValueError(f"keys must have shape (N, {d}), got {tuple(keys.shape)}")
