@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from . import _extension
+from . import _extension, _triton
 
 Backend = Literal["auto", "reference", "triton", "cuda"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
@@ -25,6 +25,8 @@ ENV_VAR = "MUXKERNELS_BACKEND"
 def _triton_usable(device: torch.device) -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed"
+    if not _triton.load():
+        return False, f"the Triton kernels failed to load: {_triton.load_error()!r}"
     if device.type == "cuda":
         return True, ""
     if os.environ.get("TRITON_INTERPRET") == "1":

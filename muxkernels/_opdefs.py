@@ -1,0 +1,220 @@
+"""The kernel operators' contract: one schema and one fake implementation per operator.
+
+Every kernel backend registers its launchers as ``muxkernels::<name>_<backend>`` with the
+schema below (``triton`` from Python with ``torch.library.custom_op``, ``cuda`` from
+csrc/bindings.cpp), so the autograd Functions in ``muxkernels.ops`` call either backend
+the same way and the fakes here serve both. Conventions shared by all operators:
+
+- floating inputs are float16, bfloat16, float32 or float64; a parameter (vectors,
+  matrices, LayerNorm affine, ...) has the data's dtype or float32; accumulation is fp32
+  (fp64 for float64 data); outputs have the data's dtype, gradients the dtype of the
+  tensor they are the gradient of;
+- tensors are contiguous and on one device; sizes and offsets are 64-bit;
+- a gradient that was not asked for (``*_grad=False``) is returned as an empty (0,)
+  tensor, since an operator cannot return None.
+
+Operators (data first, then parameters, then scalars):
+
+hadamard_mux_fwd(embeddings (B',N,L,d), vectors (N,d)) -> x (B',L,d)
+    x = (1/N) Σ_i v_i ⊙ E_i
+hadamard_mux_bwd(grad_out (B',L,d), embeddings, vectors, vectors_grad) -> (dE, dv)
+    dE = (1/N) v_i ⊙ dx; dv_i = (1/N) Σ_{g,t} E_i ⊙ dx, reduced deterministically
+ortho_mux_fwd(embeddings (B',N,L,d), matrices (N,d,d)) -> x (B',L,d)
+    x = N^(-1/2) Σ_i P_i E_i
+ortho_mux_bwd(grad_out, embeddings, matrices, matrices_grad) -> (dE, dP)
+lowrank_ortho_mux_fwd(embeddings (B',N,L,d), u (d,d), h (d,d)) -> x (B',L,d)
+    x = N^(-1/2) U[:, :N·c] concat_i(H[:, S_i]ᵀ E_i), c = d // N
+lowrank_ortho_mux_bwd(grad_out, embeddings, u, h, factors_grad) -> (dE, dU, dH)
+demux_gather_fwd(a (Ga,N,d), c (B',L',d), ln_weight (d), ln_bias (d), eps, gather,
+                 index (B',L') or None, sequence_position) -> u
+    u[g,i,t] = LN(gelu(a[g,i] + c[g,t])), Ga = B' or 1 (a broadcast over groups);
+    gather "token" → (B',N,L',d), "sequence" (t = sequence_position) → (B',N,d),
+    "selected" (i = index[g,t]) → (B',L',d)
+demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index,
+                 sequence_position) -> (da, dc, d_ln_weight, d_ln_bias)
+    gradients recomputed from a and c (nothing saved but the inputs); da has a's shape
+    (summed over groups when Ga = 1), dc is zero at positions the gather does not read
+demux_project_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position,
+                  proj_weight (K,d), proj_bias (K) or None) -> logits
+    logits = u @ proj_weightᵀ + proj_bias without writing u; K <= 64; the gather's
+    shape with d replaced by K
+mlp_demux_fwd(pre (B',L,N·d), bias (N,d), ln_weight (N,d), ln_bias (N,d), eps) -> u
+    pre = h @ [W_1; …; W_N]ᵀ; u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)),
+    shape (B',N,L,d)
+mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps) -> (d_pre, d_bias,
+              d_ln_weight, d_ln_bias)
+embed_mux_fwd(input_ids (B',N,L), word, position, token_type, ln_weight, ln_bias,
+              vectors, position_ids, token_type_ids, mixed_position_ids (B',L),
+              mixed_token_type_ids (B',L), eps) -> x (B',L,d)
+    SPEC section 1's fused front end; see ``muxkernels.reference.embed_mux``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+SCHEMAS: dict[str, str] = {
+    "hadamard_mux_fwd": "(Tensor embeddings, Tensor vectors) -> Tensor",
+    "hadamard_mux_bwd": (
+        "(Tensor grad_out, Tensor embeddings, Tensor vectors, bool vectors_grad) "
+        "-> (Tensor, Tensor)"
+    ),
+    "ortho_mux_fwd": "(Tensor embeddings, Tensor matrices) -> Tensor",
+    "ortho_mux_bwd": (
+        "(Tensor grad_out, Tensor embeddings, Tensor matrices, bool matrices_grad) "
+        "-> (Tensor, Tensor)"
+    ),
+    "lowrank_ortho_mux_fwd": "(Tensor embeddings, Tensor u, Tensor h) -> Tensor",
+    "lowrank_ortho_mux_bwd": (
+        "(Tensor grad_out, Tensor embeddings, Tensor u, Tensor h, bool factors_grad) "
+        "-> (Tensor, Tensor, Tensor)"
+    ),
+    "demux_gather_fwd": (
+        "(Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, str gather, "
+        "Tensor? index, int sequence_position) -> Tensor"
+    ),
+    "demux_gather_bwd": (
+        "(Tensor grad_u, Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, "
+        "str gather, Tensor? index, int sequence_position) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "demux_project_fwd": (
+        "(Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, str gather, "
+        "Tensor? index, int sequence_position, Tensor proj_weight, Tensor? proj_bias) -> Tensor"
+    ),
+    "mlp_demux_fwd": (
+        "(Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps) -> Tensor"
+    ),
+    "mlp_demux_bwd": (
+        "(Tensor grad_u, Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "embed_mux_fwd": (
+        "(Tensor input_ids, Tensor word_embeddings, Tensor position_embeddings, "
+        "Tensor token_type_embeddings, Tensor ln_weight, Tensor ln_bias, Tensor vectors, "
+        "Tensor position_ids, Tensor token_type_ids, Tensor mixed_position_ids, "
+        "Tensor mixed_token_type_ids, float eps) -> Tensor"
+    ),
+}
+
+
+def qualified_name(name: str, backend: str) -> str:
+    """``muxkernels::<name>_<backend>``, the operator of one backend."""
+    return f"muxkernels::{name}_{backend}"
+
+
+def _grad_or_empty(wanted: bool, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(like) if wanted else like.new_empty((0,))
+
+
+def _gather_shape(a: torch.Tensor, c: torch.Tensor, gather: str, width: int) -> tuple[int, ...]:
+    groups, length, _ = c.shape
+    n = a.shape[1]
+    if gather == "token":
+        return (groups, n, length, width)
+    if gather == "sequence":
+        return (groups, n, width)
+    torch._check(gather == "selected", lambda: f"unknown gather {gather!r}")
+    return (groups, length, width)
+
+
+def _hadamard_mux_fwd(embeddings, vectors):
+    groups, _, length, d = embeddings.shape
+    return embeddings.new_empty((groups, length, d))
+
+
+def _hadamard_mux_bwd(grad_out, embeddings, vectors, vectors_grad):
+    return torch.empty_like(embeddings), _grad_or_empty(vectors_grad, vectors)
+
+
+def _ortho_mux_fwd(embeddings, matrices):
+    return _hadamard_mux_fwd(embeddings, matrices)
+
+
+def _ortho_mux_bwd(grad_out, embeddings, matrices, matrices_grad):
+    return torch.empty_like(embeddings), _grad_or_empty(matrices_grad, matrices)
+
+
+def _lowrank_ortho_mux_fwd(embeddings, u, h):
+    return _hadamard_mux_fwd(embeddings, u)
+
+
+def _lowrank_ortho_mux_bwd(grad_out, embeddings, u, h, factors_grad):
+    return (
+        torch.empty_like(embeddings),
+        _grad_or_empty(factors_grad, u),
+        _grad_or_empty(factors_grad, h),
+    )
+
+
+def _demux_gather_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
+    return c.new_empty(_gather_shape(a, c, gather, c.shape[-1]))
+
+
+def _demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
+    return (
+        torch.empty_like(a),
+        torch.empty_like(c),
+        torch.empty_like(ln_weight),
+        torch.empty_like(ln_bias),
+    )
+
+
+def _demux_project_fwd(
+    a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, proj_weight, proj_bias
+):
+    return c.new_empty(_gather_shape(a, c, gather, proj_weight.shape[0]))
+
+
+def _mlp_demux_fwd(pre, bias, ln_weight, ln_bias, eps):
+    groups, length, _ = pre.shape
+    n, d = bias.shape
+    return pre.new_empty((groups, n, length, d))
+
+
+def _mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps):
+    return (
+        torch.empty_like(pre),
+        torch.empty_like(bias),
+        torch.empty_like(ln_weight),
+        torch.empty_like(ln_bias),
+    )
+
+
+def _embed_mux_fwd(input_ids, word_embeddings, *rest):
+    groups, _, length = input_ids.shape
+    return word_embeddings.new_empty((groups, length, word_embeddings.shape[1]))
+
+
+FAKES: dict[str, Callable[..., object]] = {
+    "hadamard_mux_fwd": _hadamard_mux_fwd,
+    "hadamard_mux_bwd": _hadamard_mux_bwd,
+    "ortho_mux_fwd": _ortho_mux_fwd,
+    "ortho_mux_bwd": _ortho_mux_bwd,
+    "lowrank_ortho_mux_fwd": _lowrank_ortho_mux_fwd,
+    "lowrank_ortho_mux_bwd": _lowrank_ortho_mux_bwd,
+    "demux_gather_fwd": _demux_gather_fwd,
+    "demux_gather_bwd": _demux_gather_bwd,
+    "demux_project_fwd": _demux_project_fwd,
+    "mlp_demux_fwd": _mlp_demux_fwd,
+    "mlp_demux_bwd": _mlp_demux_bwd,
+    "embed_mux_fwd": _embed_mux_fwd,
+}
+
+
+def has_operator(name: str, backend: str) -> bool:
+    """Whether ``muxkernels::<name>_<backend>`` is registered with PyTorch."""
+    return hasattr(torch.ops.muxkernels, f"{name}_{backend}")
+
+
+def register_fakes(backend: str) -> None:
+    """Registers the fake implementation of every operator ``backend`` has registered."""
+    for name, fake in FAKES.items():
+        if has_operator(name, backend):
+            torch.library.register_fake(qualified_name(name, backend))(fake)
+
+
+def kernel(name: str, backend: str) -> Callable[..., object]:
+    """The operator ``torch.ops.muxkernels.<name>_<backend>``."""
+    return getattr(torch.ops.muxkernels, f"{name}_{backend}")

@@ -1,0 +1,1 @@
+"""Placeholder: the demux_gather Triton kernels are being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the hadamard_mux Triton kernels are being written."""

@@ -1,0 +1,1 @@
+"""Placeholder: the ortho_mux Triton kernels are being written."""
