@@ -2,18 +2,29 @@
 
 Functional ops (each takes ``backend=``: "auto", "reference", "triton", "cuda"):
 ``embed_mux``, ``hadamard_mux``, ``ortho_mux``, ``lowrank_ortho_mux``, ``index_demux``,
-``index_pos_demux``, ``mlp_demux``. Layers live in ``muxkernels.nn``, the plain-PyTorch
-oracle in ``muxkernels.reference``, transform initialisers in ``muxkernels.transforms``.
+``index_demux_logits``, ``index_pos_demux``, ``mlp_demux``. Each differentiable op has a
+public ``torch.autograd.Function`` (``HadamardMux``, ``OrthoMux``, ``LowRankOrthoMux``,
+``DemuxGather``, ``DemuxGatherProject``, ``MLPDemux``, ``EmbedMux``) over the kernel
+operators ``muxkernels::<op>_{fwd,bwd}_<backend>`` (contract: ``muxkernels._opdefs``).
+Layers live in ``muxkernels.nn``, the plain-PyTorch oracle in ``muxkernels.reference``,
+transform initialisers in ``muxkernels.transforms``.
 """
 
 from . import nn, reference, transforms
 from ._backend import BACKENDS, ENV_VAR
 from ._extension import cuda_kernels_available
 from .ops import (
+    DemuxGather,
+    DemuxGatherProject,
+    EmbedMux,
     HadamardMux,
+    LowRankOrthoMux,
+    MLPDemux,
+    OrthoMux,
     embed_mux,
     hadamard_mux,
     index_demux,
+    index_demux_logits,
     index_pos_demux,
     lowrank_ortho_mux,
     mlp_demux,
@@ -35,13 +46,20 @@ __all__ = [
     "ENV_VAR",
     "ROBERTA_CLS_ID",
     "ROBERTA_FILLER_ID",
+    "DemuxGather",
+    "DemuxGatherProject",
+    "EmbedMux",
     "HadamardMux",
+    "LowRankOrthoMux",
+    "MLPDemux",
+    "OrthoMux",
     "__version__",
     "add_index_prefix",
     "cuda_kernels_available",
     "embed_mux",
     "hadamard_mux",
     "index_demux",
+    "index_demux_logits",
     "index_pos_demux",
     "index_prefix",
     "lowrank_ortho_mux",

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from . import _extension, _triton
+from . import _extension, _opdefs, _triton
 
 Backend = Literal["auto", "reference", "triton", "cuda"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
@@ -56,13 +56,25 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
+def _missing(backend: str, kernels: tuple[str, ...]) -> list[str]:
+    return [name for name in kernels if not _opdefs.has_operator(name, backend)]
+
+
 @torch.compiler.assume_constant_result
-def resolve(op: str, backend: str, device: torch.device, implemented: tuple[str, ...]) -> str:
+def resolve(
+    op: str,
+    backend: str,
+    device: torch.device,
+    implemented: tuple[str, ...],
+    kernels: tuple[str, ...] = (),
+) -> str:
     """The backend that runs ``op`` on ``device``.
 
     ``implemented`` lists the op's kernel backends in order of preference for ``auto``
-    (fastest first); ``reference`` is always implemented. Under torch.compile the choice
-    is made once, at trace time, and baked into the graph.
+    (fastest first); ``reference`` is always implemented. ``kernels`` names the operators
+    (``muxkernels::<name>_<backend>``) a backend must have registered to run the op, so a
+    stale build is never picked. Under torch.compile the choice is made once, at trace
+    time, and baked into the graph.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -76,7 +88,7 @@ def resolve(op: str, backend: str, device: torch.device, implemented: tuple[str,
         if device.type == "cpu":
             return "reference"
         for candidate in implemented:
-            if usable(candidate, device)[0]:
+            if usable(candidate, device)[0] and not _missing(candidate, kernels):
                 return candidate
         return "reference"
     if backend == "reference":
@@ -89,4 +101,13 @@ def resolve(op: str, backend: str, device: torch.device, implemented: tuple[str,
     ok, why = usable(backend, device)
     if not ok:
         raise RuntimeError(f"{op}: backend {backend!r} (asked for by {source}) cannot run: {why}")
+    missing = _missing(backend, kernels)
+    if missing:
+        names = ", ".join(_opdefs.qualified_name(m, backend) for m in missing)
+        hint = ""
+        if backend == "cuda":
+            hint = "; rebuild the extension (MUXKERNELS_BUILD_CUDA=1 pip install -e .)"
+        raise RuntimeError(
+            f"{op}: backend {backend!r} (asked for by {source}) lacks the operators {names}{hint}"
+        )
     return backend

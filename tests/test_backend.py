@@ -62,7 +62,7 @@ OPS = [
     "index_pos_demux",
     "mlp_demux",
 ]
-OPS_WITHOUT_CUDA = [op for op in OPS if op != "hadamard_mux"]
+OPS_WITHOUT_CUDA = ["ortho_mux", "lowrank_ortho_mux", "mlp_demux"]
 
 needs_extension = pytest.mark.skipif(
     not _extension.load(), reason="the compiled extension muxkernels._C is not built"
@@ -106,9 +106,12 @@ def test_variable_forces_backend(monkeypatch, value):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_variable_asking_for_triton_names_op_and_variable(monkeypatch, op):
+def test_triton_on_cpu_without_interpreter_names_op_and_variable(monkeypatch, op):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv(_backend.ENV_VAR, "triton")
-    with pytest.raises(NotImplementedError, match=f"{op} has no 'triton' backend.*{ENV_SOURCE}"):
+    with pytest.raises(
+        RuntimeError, match=f"{op}: backend 'triton' .*{ENV_SOURCE}.*TRITON_INTERPRET=1"
+    ):
         run_op(op, "auto")
 
 
@@ -126,12 +129,16 @@ def test_backend_argument_wins_over_variable(monkeypatch, op, value):
     run_op(op, "reference")
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_triton_argument_is_not_implemented(op):
-    with pytest.raises(
-        NotImplementedError, match=f"{op} has no 'triton' backend.*backend argument"
-    ):
-        run_op(op, "triton")
+def test_missing_operator_is_named(monkeypatch):
+    monkeypatch.setattr(_backend, "usable", lambda backend, device: (True, ""))
+    with pytest.raises(RuntimeError, match="lacks the operators muxkernels::nothing_cuda; rebuild"):
+        _backend.resolve("hadamard_mux", "cuda", CPU, ("cuda",), ("nothing",))
+
+
+def test_auto_skips_a_backend_missing_an_operator(monkeypatch):
+    monkeypatch.setattr(_backend, "usable", lambda backend, device: (True, ""))
+    cuda = torch.device("cuda")
+    assert _backend.resolve("op", "auto", cuda, ("cuda", "triton"), ("nothing",)) == "reference"
 
 
 @pytest.mark.parametrize("op", OPS_WITHOUT_CUDA)

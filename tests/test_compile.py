@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_ops import BACKENDS_OF, runnable
 
 import muxkernels
-from muxkernels import _extension, transforms
+from muxkernels import transforms
 
 N, D, L, GROUPS = 3, 8, 4, 2
 
@@ -31,6 +32,7 @@ def _inputs(randn):
         "lw": randn(D),
         "lb": randn(D),
         "keys": randn(N, D),
+        "pw": randn(5, D, scale=D**-0.5),
         "wm": randn(N, D, D, scale=D**-0.5),
         "bm": randn(N, D),
         "tok": torch.randint(0, 11, (GROUPS * N, L), generator=torch.Generator().manual_seed(1)),
@@ -67,6 +69,17 @@ CASES = {
         index=x["index"],
         backend=be,
     ),
+    "index_demux_logits": lambda x, be: muxkernels.index_demux_logits(
+        x["hid"],
+        x["w2"],
+        x["b"],
+        x["lw"],
+        x["lb"],
+        x["pw"],
+        x["b"][:5],
+        num_instances=N,
+        backend=be,
+    ),
     "index_pos_demux": lambda x, be: muxkernels.index_pos_demux(
         x["hid"], x["keys"], x["w2"], x["b"], x["lw"], x["lb"], backend=be
     ),
@@ -94,8 +107,24 @@ def test_fullgraph_reference(name, randn):
     _check_forward_backward(CASES[name], _inputs(randn), "reference")
 
 
-@pytest.mark.extension
-def test_fullgraph_cuda_backend_hadamard_mux(randn):
-    if not _extension.load():
-        pytest.skip("muxkernels._C is not built")
-    _check_forward_backward(CASES["hadamard_mux"], _inputs(randn), "cuda")
+def _op(case: str) -> str:
+    """The public op of a case: "index_demux_token" → "index_demux"."""
+    return (
+        case.rsplit("_", 1)[0] if case.split("_")[-1] in ("token", "sequence", "selected") else case
+    )
+
+
+KERNEL_PARAMS = [
+    pytest.param(name, backend, id=f"{name}-{backend}")
+    for name in CASES
+    for backend in BACKENDS_OF[_op(name)]
+]
+
+
+@pytest.mark.parametrize(("name", "backend"), KERNEL_PARAMS)
+def test_fullgraph_kernel_backend(name, backend, randn):
+    """The autograd Functions and operators of each kernel backend trace without breaks."""
+    op = _op(name)
+    if not runnable(op, backend):
+        pytest.skip(f"{backend} cannot run {op} on CPU here")
+    _check_forward_backward(CASES[name], _inputs(randn), backend)

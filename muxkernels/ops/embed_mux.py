@@ -3,15 +3,15 @@
 e = LN(word[ids] + pos[position_ids] + type[token_type_ids]) per instance, mixed by the
 hadamard transform m = (1/N) Σ_i v_i ⊙ e_i, then x = LN(m + pos[mixed_position_ids] +
 type[mixed_token_type_ids]) with the same embedding module, as the published code does
-by calling it twice. Only the reference backend exists so far; a kernel can go from ids
-to x without writing the N per-instance embeddings.
+by calling it twice. The ``cuda`` backend's kernel goes from ids to x without writing
+the N per-instance embeddings; :class:`EmbedMux` gives its backward by the chain rule.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, reference
+from .. import _backend, _opdefs, reference
 from .._checks import (
     check_floating,
     check_integer,
@@ -22,7 +22,92 @@ from .._checks import (
     check_tensor,
     group_batch,
 )
+from ..reference._common import compute_dtype
 from . import _validate
+
+KERNEL_BACKENDS = ("cuda",)
+KERNELS = ("embed_mux_fwd",)
+
+
+def _layer_norm_stats(s: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm mean and rstd over the last dim, shaped (..., 1) as aten expects."""
+    var, mean = torch.var_mean(s, dim=-1, keepdim=True, correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def _table_grad(grad: torch.Tensor, ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """The gradient of ``table[ids]`` (PyTorch's own embedding backward)."""
+    return torch.ops.aten.embedding_dense_backward(grad, ids, rows, -1, False)
+
+
+class EmbedMux(torch.autograd.Function):
+    """forward(input_ids (B', N, L), word, position, token_type tables, ln_weight, ln_bias,
+    vectors (N, d), position_ids, token_type_ids (B', N, L), mixed_position_ids,
+    mixed_token_type_ids (B', L), eps, backend) -> x (B', L, d), one ``embed_mux_fwd`` call.
+
+    backward recomputes s1 = word + pos + type (per instance), e = LN(s1), m = (1/N) Σ v ⊙ e
+    and s2 = m + pos + type (mixed), then applies the chain rule through both LayerNorms,
+    the transform and the three table lookups, giving the gradients of the tables, the
+    LayerNorm affine parameters and the vectors.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        ids,
+        word,
+        pos,
+        typ,
+        ln_weight,
+        ln_bias,
+        vectors,
+        pids,
+        tids,
+        mpids,
+        mtids,
+        eps,
+        backend,
+    ):
+        tensors = tuple(
+            t.contiguous()
+            for t in (ids, word, pos, typ, ln_weight, ln_bias, vectors, pids, tids, mpids, mtids)
+        )
+        ctx.save_for_backward(*tensors)
+        ctx.eps = eps
+        return _opdefs.kernel("embed_mux_fwd", backend)(*tensors, eps)
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        ids, word, pos, typ, ln_w, ln_b, vectors, pids, tids, mpids, mtids = ctx.saved_tensors
+        eps, d, n = ctx.eps, word.shape[1], vectors.shape[0]
+        ct = compute_dtype(word, vectors)
+        w_ct, b_ct, v_ct = ln_w.to(ct), ln_b.to(ct), vectors.to(ct)
+        pos_ct, typ_ct = pos.to(ct), typ.to(ct)
+        s1 = word.to(ct)[ids] + pos_ct[pids] + typ_ct[tids]
+        mean1, rstd1 = _layer_norm_stats(s1, eps)
+        e = (s1 - mean1) * rstd1 * w_ct + b_ct
+        s2 = (v_ct[None, :, None, :] * e).sum(1) / n + pos_ct[mpids] + typ_ct[mtids]
+        mean2, rstd2 = _layer_norm_stats(s2, eps)
+        layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+        mask = [True, True, True]
+        d_s2, d_w2, d_b2 = layer_norm_backward(
+            grad_x.to(ct), s2, [d], mean2, rstd2, w_ct, b_ct, mask
+        )
+        d_e = v_ct[None, :, None, :] * d_s2[:, None] / n
+        d_v = (e * d_s2[:, None]).sum((0, 2)) / n
+        d_s1, d_w1, d_b1 = layer_norm_backward(d_e, s1, [d], mean1, rstd1, w_ct, b_ct, mask)
+        d_word = _table_grad(d_s1, ids, word.shape[0])
+        d_pos = _table_grad(d_s1, pids, pos.shape[0]) + _table_grad(d_s2, mpids, pos.shape[0])
+        d_typ = _table_grad(d_s1, tids, typ.shape[0]) + _table_grad(d_s2, mtids, typ.shape[0])
+        grads = (
+            d_word.to(word.dtype),
+            d_pos.to(pos.dtype),
+            d_typ.to(typ.dtype),
+            (d_w1 + d_w2).to(ln_w.dtype),
+            (d_b1 + d_b2).to(ln_b.dtype),
+            d_v.to(vectors.dtype),
+        )
+        return (None, *grads, None, None, None, None, None, None)
 
 
 def _ids(
@@ -156,8 +241,10 @@ def embed_mux(
         "token_type_embeddings",
         input_ids,
     )
-    _backend.resolve("embed_mux", backend, input_ids.device, ())
-    return reference.embed_mux(
+    chosen = _backend.resolve("embed_mux", backend, input_ids.device, KERNEL_BACKENDS, KERNELS)
+    run = reference.embed_mux if chosen == "reference" else EmbedMux.apply
+    extra = () if chosen == "reference" else (chosen,)
+    return run(
         ids,
         word_embeddings,
         position_embeddings,
@@ -170,4 +257,5 @@ def embed_mux(
         mpos,
         mtyp,
         eps,
+        *extra,
     )

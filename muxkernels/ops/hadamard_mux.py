@@ -1,42 +1,43 @@
 """Hadamard multiplex: x[g,t,:] = (1/N) · Σ_i v[i,:] ⊙ E[g,i,t,:] (SPEC section 1).
 
-Backends: ``reference`` (plain PyTorch autograd) and ``cuda`` (the operator
-``muxkernels::hadamard_mux_fwd_cuda``, forward kernel in csrc/; its backward uses the
-reference gradient formulas until the compiled backward lands).
+Backends: ``reference`` (plain PyTorch autograd), ``cuda`` and ``triton`` (the operators
+``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, reference
+from .. import _backend, _opdefs, reference
 from . import _validate
 
-KERNEL_BACKENDS = ("cuda",)
+KERNEL_BACKENDS = ("cuda", "triton")
+KERNELS = ("hadamard_mux_fwd", "hadamard_mux_bwd")
 
 
 class HadamardMux(torch.autograd.Function):
     """Autograd Function over the kernel operators of one backend.
 
     forward(embeddings (B', N, L, d), vectors (N, d), backend) -> x (B', L, d)
-    backward: dE = (1/N) v ⊙ dx, and dv = (1/N) Σ_{g,t} E ⊙ dx when vectors need a grad.
+    backward: dE = (1/N) v ⊙ dx, and dv = (1/N) Σ_{g,t} E ⊙ dx when vectors need a grad,
+    both from one ``hadamard_mux_bwd`` call.
     """
 
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, vectors: torch.Tensor, backend: str) -> torch.Tensor:
         embeddings, vectors = embeddings.contiguous(), vectors.contiguous()
         ctx.save_for_backward(embeddings, vectors)
-        if backend == "cuda":
-            return torch.ops.muxkernels.hadamard_mux_fwd_cuda(embeddings, vectors)
-        raise NotImplementedError(f"hadamard_mux: no {backend!r} kernel")
+        ctx.backend = backend
+        return _opdefs.kernel("hadamard_mux_fwd", backend)(embeddings, vectors)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         embeddings, vectors = ctx.saved_tensors
-        d_e, d_v = reference.hadamard_mux_backward(
-            embeddings, vectors, grad_out, vectors_grad=ctx.needs_input_grad[1]
+        vectors_grad = ctx.needs_input_grad[1]
+        d_e, d_v = _opdefs.kernel("hadamard_mux_bwd", ctx.backend)(
+            grad_out.contiguous(), embeddings, vectors, vectors_grad
         )
-        return d_e, d_v, None
+        return d_e, (d_v if vectors_grad else None), None
 
 
 def hadamard_mux(
@@ -56,7 +57,7 @@ def hadamard_mux(
     """
     _validate.transform("vectors", vectors, embeddings, 2, "(N, d)")
     grouped = _validate.mux_input(embeddings, vectors.shape[0], vectors.shape[1])
-    chosen = _backend.resolve("hadamard_mux", backend, grouped.device, KERNEL_BACKENDS)
+    chosen = _backend.resolve("hadamard_mux", backend, grouped.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.hadamard_mux(grouped, vectors)
     return HadamardMux.apply(grouped, vectors, chosen)

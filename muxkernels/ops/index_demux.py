@@ -1,19 +1,58 @@
 """Index demultiplex (SPEC section 3): u[g,i,t] = LN(gelu(W · [p[g,i]; h[g,t]] + b)).
 
 p[g,i] = h[g,i] (i < N) are the index positions of the prefix; W = [W_p | W_h] is (d, 2d).
-Computed split: A = p W_pᵀ once per (g,i), C = h W_hᵀ + b once per (g,t), u = LN(gelu(A + C)).
+Computed split: A = p W_pᵀ once per (g,i), C = h W_hᵀ + b once per (g,t) (torch GEMMs),
+then u = LN(gelu(A + C)) in one fused kernel (:class:`~muxkernels.ops.demux_gather.DemuxGather`).
 Three gathers: "token" (B', N, L', d), "sequence" at t = N (B', N, d), "selected" with one
-instance index[g,t] per position (B', L', d). Only the reference backend exists so far.
+instance index[g,t] per position (B', L', d). :func:`index_demux_logits` adds a small
+output projection, fused into the kernel so u is never written.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import _backend, reference
-from .._checks import check_num_instances
+from .._checks import check_nonempty, check_num_instances, check_rank, check_tensor
 from ..reference import Gather
+from ..reference._common import compute_dtype
 from . import _validate
+from .demux_gather import (
+    KERNEL_BACKENDS,
+    KERNELS,
+    MAX_FUSED_PROJECTION,
+    DemuxGather,
+    DemuxGatherProject,
+)
+
+
+def _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index):
+    check_num_instances(num_instances)
+    _validate.demux_hidden(hidden, num_instances + 1, f"an index prefix of N+1={num_instances + 1}")
+    _validate.concat_linear_params(hidden, weight, bias, ln_weight, ln_bias)
+    _validate.eps_arg(eps)
+    _validate.gather_args(gather, index, hidden, num_instances)
+
+
+def _split_terms(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n: int, gather: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A = p W_pᵀ (B', N, d) and C = h W_hᵀ + b, only at t = N for the sequence gather.
+
+    Returns (A, C, the position of t = N in C). The GEMMs run in hidden's dtype (float32
+    parameters of half-precision data are cast, as autocast would).
+    """
+    d = hidden.shape[-1]
+    w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
+    a = F.linear(hidden[:, :n], w[:, :d])
+    if gather == "sequence":
+        return a, F.linear(hidden[:, n : n + 1], w[:, d:], b), 0
+    return a, F.linear(hidden, w[:, d:], b), n
+
+
+def _long(index: torch.Tensor | None) -> torch.Tensor | None:
+    return None if index is None else index.long().contiguous()
 
 
 def index_demux(
@@ -45,12 +84,66 @@ def index_demux(
         u in the hidden dtype: (B', N, L', d), (B', N, d) or (B', L', d) by ``gather``.
         Flattened to the caller's batch, row g·N+i is instance i of group g.
     """
-    check_num_instances(num_instances)
-    _validate.demux_hidden(hidden, num_instances + 1, f"an index prefix of N+1={num_instances + 1}")
-    _validate.concat_linear_params(hidden, weight, bias, ln_weight, ln_bias)
-    _validate.eps_arg(eps)
-    _validate.gather_args(gather, index, hidden, num_instances)
-    _backend.resolve("index_demux", backend, hidden.device, ())
-    return reference.index_demux(
-        hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+    _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index)
+    chosen = _backend.resolve("index_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
+    if chosen == "reference":
+        return reference.index_demux(
+            hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+        )
+    a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
+    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, _long(index), position, chosen)
+
+
+def index_demux_logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    proj_weight: torch.Tensor,
+    proj_bias: torch.Tensor | None = None,
+    *,
+    num_instances: int,
+    eps: float = 1e-5,
+    gather: Gather = "token",
+    index: torch.Tensor | None = None,
+    backend: _backend.Backend = "auto",
+) -> torch.Tensor:
+    """Index demux followed by a Linear: logits = index_demux(...) @ proj_weightᵀ + proj_bias.
+
+    With a kernel backend and K <= 64 output columns (token classes) the projection runs
+    inside the demux kernel, so the (…, d) u is never written in the forward pass.
+
+    Args:
+        proj_weight: (K, d) projection (e.g. the token-classification ``decoder.weight``);
+            proj_bias: (K,) or None. Other arguments as :func:`index_demux`.
+
+    Returns:
+        logits in the hidden dtype, shaped like :func:`index_demux`'s u with d replaced by K.
+    """
+    _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index)
+    check_tensor("proj_weight", proj_weight)
+    check_rank("proj_weight", proj_weight, 2, "(K, d)")
+    check_nonempty("proj_weight", proj_weight)
+    k = proj_weight.shape[0]
+    params = {"proj_weight": (proj_weight, (k, hidden.shape[-1]))}
+    if proj_bias is not None:
+        params["proj_bias"] = (proj_bias, (k,))
+    _validate.demux_params(hidden, params)
+    chosen = _backend.resolve("index_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
+    if chosen == "reference":
+        u = reference.index_demux(
+            hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+        )
+        ct = compute_dtype(u, proj_weight)
+        bias_ct = None if proj_bias is None else proj_bias.to(ct)
+        return F.linear(u.to(ct), proj_weight.to(ct), bias_ct).to(hidden.dtype)
+    a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
+    index = _long(index)
+    if k > MAX_FUSED_PROJECTION:
+        u = DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, position, chosen)
+        bias_u = None if proj_bias is None else proj_bias.to(u.dtype)
+        return F.linear(u, proj_weight.to(u.dtype), bias_u)
+    return DemuxGatherProject.apply(
+        a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position, chosen
     )

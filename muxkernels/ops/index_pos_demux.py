@@ -2,16 +2,18 @@
 
 No prefix: learned keys k (N, d) stand in for the index positions, c_i = W_k k_i + b with
 W = [W_k | W_h] of shape (d, 2d). Same gathers as the index demux; "sequence" reads t = 0.
-Only the reference backend exists so far.
+The kernel path is the index demux's fused core with a = c_i shared by every group.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import _backend, reference
 from ..reference import Gather
 from . import _validate
+from .demux_gather import KERNEL_BACKENDS, KERNELS, DemuxGather
 
 
 def index_pos_demux(
@@ -46,7 +48,14 @@ def index_pos_demux(
         raise ValueError(f"keys must have shape (N, {d}), got {tuple(keys.shape)}")
     _validate.eps_arg(eps)
     _validate.gather_args(gather, index, hidden, keys.shape[0])
-    _backend.resolve("index_pos_demux", backend, hidden.device, ())
-    return reference.index_pos_demux(
-        hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
-    )
+    chosen = _backend.resolve("index_pos_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
+    if chosen == "reference":
+        return reference.index_pos_demux(
+            hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
+        )
+    w = weight.to(hidden.dtype)
+    a = F.linear(keys.to(hidden.dtype), w[:, :d], bias.to(hidden.dtype))[None]  # (1, N, d)
+    rows = hidden[:, :1] if gather == "sequence" else hidden
+    c = F.linear(rows, w[:, d:])
+    index = None if index is None else index.long().contiguous()
+    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, 0, chosen)

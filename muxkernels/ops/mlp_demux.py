@@ -1,15 +1,49 @@
 """MLP demultiplex (SPEC section 4): N branches u_i = LN_i(gelu(W_i h + b_i)).
 
-One GEMM with the stacked (N·d × d) weight, then a per-branch LayerNorm.
-Only the reference backend exists so far.
+One GEMM with the stacked (N·d × d) weight (torch), then gelu and a per-branch LayerNorm
+in one fused kernel (:class:`MLPDemux`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .. import _backend, reference
+from .. import _backend, _opdefs, reference
 from . import _validate
+
+KERNEL_BACKENDS = ("triton",)
+KERNELS = ("mlp_demux_fwd", "mlp_demux_bwd")
+
+
+class MLPDemux(torch.autograd.Function):
+    """forward(pre (B', L, N·d), bias (N, d), ln_weight (N, d), ln_bias (N, d), eps, backend)
+    -> u (B', N, L, d) with u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)).
+
+    backward recomputes from pre and gives d_pre, d_bias, d_ln_weight, d_ln_bias.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        pre: torch.Tensor,
+        bias: torch.Tensor,
+        ln_weight: torch.Tensor,
+        ln_bias: torch.Tensor,
+        eps: float,
+        backend: str,
+    ) -> torch.Tensor:
+        args = tuple(t.contiguous() for t in (pre, bias, ln_weight, ln_bias))
+        ctx.save_for_backward(*args)
+        ctx.eps, ctx.backend = eps, backend
+        return _opdefs.kernel("mlp_demux_fwd", backend)(*args, eps)
+
+    @staticmethod
+    def backward(ctx, grad_u: torch.Tensor):
+        grads = _opdefs.kernel("mlp_demux_bwd", ctx.backend)(
+            grad_u.contiguous(), *ctx.saved_tensors, ctx.eps
+        )
+        return (*grads, None, None)
 
 
 def mlp_demux(
@@ -47,5 +81,8 @@ def mlp_demux(
         },
     )
     _validate.eps_arg(eps)
-    _backend.resolve("mlp_demux", backend, hidden.device, ())
-    return reference.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
+    chosen = _backend.resolve("mlp_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
+    if chosen == "reference":
+        return reference.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
+    pre = F.linear(hidden, weight.to(hidden.dtype).reshape(n * d, d))
+    return MLPDemux.apply(pre, bias, ln_weight, ln_bias, eps, chosen)

@@ -2,15 +2,72 @@
 
 ortho:          x[g,t,:] = N^(-1/2) · Σ_i P[i] @ E[g,i,t,:]
 ortho_lowrank:  P[i] = U[:, S_i] @ H[:, S_i]ᵀ, computed as N^(-1/2) · U · concat_i(H[:, S_i]ᵀ E_i)
-Only the reference backend exists so far.
+Backends: ``reference`` and ``triton`` (GEMM kernels that read E in place, no permute copy).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, reference
+from .. import _backend, _opdefs, reference
 from . import _validate
+
+KERNEL_BACKENDS = ("triton",)
+ORTHO_KERNELS = ("ortho_mux_fwd", "ortho_mux_bwd")
+LOWRANK_KERNELS = ("lowrank_ortho_mux_fwd", "lowrank_ortho_mux_bwd")
+
+
+class OrthoMux(torch.autograd.Function):
+    """forward(embeddings (B', N, L, d), matrices (N, d, d), backend) -> x (B', L, d).
+
+    backward: dE[g,i,t] = N^(-1/2) P[i]ᵀ dx[g,t]; dP[i] = N^(-1/2) Σ_{g,t} dx[g,t] E[g,i,t]ᵀ
+    when the matrices need a grad.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, matrices: torch.Tensor, backend: str):
+        embeddings, matrices = embeddings.contiguous(), matrices.contiguous()
+        ctx.save_for_backward(embeddings, matrices)
+        ctx.backend = backend
+        return _opdefs.kernel("ortho_mux_fwd", backend)(embeddings, matrices)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        embeddings, matrices = ctx.saved_tensors
+        matrices_grad = ctx.needs_input_grad[1]
+        d_e, d_p = _opdefs.kernel("ortho_mux_bwd", ctx.backend)(
+            grad_out.contiguous(), embeddings, matrices, matrices_grad
+        )
+        return d_e, (d_p if matrices_grad else None), None
+
+
+class LowRankOrthoMux(torch.autograd.Function):
+    """forward(embeddings (B', N, L, d), u (d, d), h (d, d), backend) -> x (B', L, d).
+
+    x = N^(-1/2) U[:, :N·c] concat_i(H[:, S_i]ᵀ E_i) with c = d // N; backward gives dE and,
+    when either factor needs a grad, dU and dH (zero in the columns past N·c).
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor, backend: str):
+        embeddings, u, h = embeddings.contiguous(), u.contiguous(), h.contiguous()
+        ctx.save_for_backward(embeddings, u, h)
+        ctx.backend = backend
+        return _opdefs.kernel("lowrank_ortho_mux_fwd", backend)(embeddings, u, h)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        embeddings, u, h = ctx.saved_tensors
+        factors_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        d_e, d_u, d_h = _opdefs.kernel("lowrank_ortho_mux_bwd", ctx.backend)(
+            grad_out.contiguous(), embeddings, u, h, factors_grad
+        )
+        return (
+            d_e,
+            d_u if ctx.needs_input_grad[1] else None,
+            d_h if ctx.needs_input_grad[2] else None,
+            None,
+        )
 
 
 def ortho_mux(
@@ -31,8 +88,10 @@ def ortho_mux(
     if d != d2:
         raise ValueError(f"matrices must be square (N, d, d), got shape {tuple(matrices.shape)}")
     grouped = _validate.mux_input(embeddings, n, d)
-    _backend.resolve("ortho_mux", backend, grouped.device, ())
-    return reference.ortho_mux(grouped, matrices)
+    chosen = _backend.resolve("ortho_mux", backend, grouped.device, KERNEL_BACKENDS, ORTHO_KERNELS)
+    if chosen == "reference":
+        return reference.ortho_mux(grouped, matrices)
+    return OrthoMux.apply(grouped, matrices, chosen)
 
 
 def lowrank_ortho_mux(
@@ -71,5 +130,9 @@ def lowrank_ortho_mux(
     grouped = _validate.mux_input(embeddings, num_instances, d)
     if d < num_instances:
         raise ValueError(f"low-rank transforms need d >= N, got d={d} and N={num_instances}")
-    _backend.resolve("lowrank_ortho_mux", backend, grouped.device, ())
-    return reference.lowrank_ortho_mux(grouped, u, h)
+    chosen = _backend.resolve(
+        "lowrank_ortho_mux", backend, grouped.device, KERNEL_BACKENDS, LOWRANK_KERNELS
+    )
+    if chosen == "reference":
+        return reference.lowrank_ortho_mux(grouped, u, h)
+    return LowRankOrthoMux.apply(grouped, u, h, chosen)

@@ -1,0 +1,119 @@
+"""The demultiplex core shared by the index and index_pos demux: u = LN(gelu(a[g,i] + c[g,t])).
+
+a (Ga, N, d) is the per-instance term (Ga = B', or 1 when it is the same for every group),
+c (B', L', d) the per-position term, both already projected by the small GEMMs of the op
+that calls this. Three gathers (SPEC section 3): "token" (B', N, L', d), "sequence" at one
+position (B', N, d), "selected" with one instance index[g,t] per position (B', L', d).
+:class:`DemuxGather` runs the fused kernel of one backend (``demux_gather_{fwd,bwd}``);
+:class:`DemuxGatherProject` also applies a small output projection (K <= 64 columns,
+e.g. token classes) inside the kernel, so u is never written in the forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _opdefs
+from ..reference._common import compute_dtype
+
+KERNEL_BACKENDS = ("cuda", "triton")
+KERNELS = ("demux_gather_fwd", "demux_gather_bwd")
+PROJECT_KERNEL = "demux_project_fwd"
+MAX_FUSED_PROJECTION = 64  # widest output projection the fused kernel takes
+
+
+def _gather_args(ctx) -> tuple:
+    """(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position) saved by forward."""
+    a, c, ln_weight, ln_bias, index = ctx.saved_tensors[:5]
+    return a, c, ln_weight, ln_bias, ctx.eps, ctx.gather, index, ctx.position
+
+
+def _save(ctx, a, c, ln_weight, ln_bias, eps, gather, index, position, backend, *more) -> None:
+    ctx.save_for_backward(a, c, ln_weight, ln_bias, index, *more)
+    ctx.eps, ctx.gather, ctx.position, ctx.backend = eps, gather, position, backend
+
+
+class DemuxGather(torch.autograd.Function):
+    """forward(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, backend) -> u.
+
+    u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) with exact gelu, gathered by ``gather``.
+    backward recomputes the activations from a and c and gives da, dc, dγ, dβ.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        a: torch.Tensor,
+        c: torch.Tensor,
+        ln_weight: torch.Tensor,
+        ln_bias: torch.Tensor,
+        eps: float,
+        gather: str,
+        index: torch.Tensor | None,
+        sequence_position: int,
+        backend: str,
+    ) -> torch.Tensor:
+        args = (a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous())
+        _save(ctx, *args, eps, gather, index, sequence_position, backend)
+        return _opdefs.kernel("demux_gather_fwd", backend)(
+            *args, eps, gather, index, sequence_position
+        )
+
+    @staticmethod
+    def backward(ctx, grad_u: torch.Tensor):
+        d_a, d_c, d_w, d_b = _opdefs.kernel("demux_gather_bwd", ctx.backend)(
+            grad_u.contiguous(), *_gather_args(ctx)
+        )
+        return d_a, d_c, d_w, d_b, None, None, None, None, None
+
+
+class DemuxGatherProject(torch.autograd.Function):
+    """forward(a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index,
+    sequence_position, backend) -> logits = u @ proj_weightᵀ + proj_bias.
+
+    With a backend that has ``demux_project_fwd`` the projection happens in the kernel and
+    u is never written. backward recomputes u once, then gives the projection's gradients
+    and da, dc, dγ, dβ through ``demux_gather_bwd``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        a: torch.Tensor,
+        c: torch.Tensor,
+        ln_weight: torch.Tensor,
+        ln_bias: torch.Tensor,
+        proj_weight: torch.Tensor,
+        proj_bias: torch.Tensor | None,
+        eps: float,
+        gather: str,
+        index: torch.Tensor | None,
+        sequence_position: int,
+        backend: str,
+    ) -> torch.Tensor:
+        args = (a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous())
+        _save(ctx, *args, eps, gather, index, sequence_position, backend, proj_weight, proj_bias)
+        if _opdefs.has_operator(PROJECT_KERNEL, backend):
+            return _opdefs.kernel(PROJECT_KERNEL, backend)(
+                *args, eps, gather, index, sequence_position, proj_weight.contiguous(), proj_bias
+            )
+        u = _opdefs.kernel("demux_gather_fwd", backend)(
+            *args, eps, gather, index, sequence_position
+        )
+        return F.linear(u, proj_weight, proj_bias)
+
+    @staticmethod
+    def backward(ctx, grad_logits: torch.Tensor):
+        proj_weight, proj_bias = ctx.saved_tensors[5:]
+        args = _gather_args(ctx)
+        u = _opdefs.kernel("demux_gather_fwd", ctx.backend)(*args)
+        ct = compute_dtype(u)  # fp32 accumulation (fp64 for fp64)
+        rows_grad = grad_logits.reshape(-1, proj_weight.shape[0]).to(ct)
+        d_proj_weight = (rows_grad.T @ u.reshape(-1, u.shape[-1]).to(ct)).to(proj_weight.dtype)
+        d_proj_bias = None if proj_bias is None else rows_grad.sum(0).to(proj_bias.dtype)
+        grad_u = (grad_logits @ proj_weight.to(grad_logits.dtype)).to(u.dtype)
+        d_a, d_c, d_w, d_b = _opdefs.kernel("demux_gather_bwd", ctx.backend)(
+            grad_u.contiguous(), *args
+        )
+        return d_a, d_c, d_w, d_b, d_proj_weight, d_proj_bias, None, None, None, None, None
