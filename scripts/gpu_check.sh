@@ -8,7 +8,8 @@
 #    --no-build-isolation), timing the build;
 # 3. runs `pytest -m "gpu or extension" tests` with MUXKERNELS_REQUIRE_EXTENSION=1, so a
 #    missing extension fails instead of skipping;
-# 4. runs benchmarks/bench_hadamard_mux.py when it exists.
+# 4. runs benchmarks/bench_ops.py on the ops and N of the targets, printing each op's table
+#    as soon as it is measured, so a timeout still leaves the tables finished by then.
 # Logs go to $OUT (when set) or ./gpu_check_out: build.log, tests.log, bench.txt, and
 # summary.txt (one line per step). Every step has a timeout and the whole script stays
 # under 6 minutes; it exits non-zero if any step failed.
@@ -94,15 +95,13 @@ else
     tail -n 40 "$LOG_DIR/build.log"
 fi
 
-if [[ -f benchmarks/bench_hadamard_mux.py ]]; then
-    if ((build_ok)); then
-        step bench 120 "$LOG_DIR/bench.txt" python benchmarks/bench_hadamard_mux.py || true
-        tail -n 40 "$LOG_DIR/bench.txt"
-    else
-        echo "bench: not run (build failed)" | tee -a "$SUMMARY"
-    fi
+BENCH_ARGS=(--n 10 40 --ops hadamard_mux index_demux index_demux_logits ortho_mux embed_mux
+    mlp_demux lowrank_ortho_mux index_pos_demux)
+if ((build_ok)); then
+    step bench 300 "$LOG_DIR/bench.txt" python benchmarks/bench_ops.py "${BENCH_ARGS[@]}" || true
+    tail -n 80 "$LOG_DIR/bench.txt"
 else
-    echo "bench: benchmarks/bench_hadamard_mux.py does not exist yet" | tee -a "$SUMMARY"
+    echo "bench: not run (build failed)" | tee -a "$SUMMARY"
 fi
 
 echo "=== summary (${SECONDS}s in all; logs in $LOG_DIR) ==="
