@@ -51,6 +51,8 @@ def _cases(device: torch.device, seed: int = 0) -> dict[str, Case]:
     hid = rnd(groups, length + n + 1, d)
     w2, b, lw, lb = rnd(d, 2 * d, scale=d**-0.5), rnd(d), rnd(d), rnd(d)
     keys = rnd(n, d)
+    pw, pb = rnd(9, d, scale=d**-0.5), rnd(9)
+    index = torch.randint(0, n, (groups, length + n + 1), generator=g).to(device)
     wm, bm, lwm, lbm = rnd(n, d, d, scale=d**-0.5), rnd(n, d), rnd(n, d), rnd(n, d)
 
     tok = torch.randint(0, 50, (groups * n, length), generator=g, device=device)
@@ -66,6 +68,23 @@ def _cases(device: torch.device, seed: int = 0) -> dict[str, Case]:
         ),
         "index_demux": lambda be, c: ops.index_demux(
             c(hid), c(w2), c(b), c(lw), c(lb), num_instances=n, backend=be
+        ),
+        "index_demux sequence": lambda be, c: ops.index_demux(
+            c(hid), c(w2), c(b), c(lw), c(lb), num_instances=n, gather="sequence", backend=be
+        ),
+        "index_demux selected": lambda be, c: ops.index_demux(
+            c(hid),
+            c(w2),
+            c(b),
+            c(lw),
+            c(lb),
+            num_instances=n,
+            gather="selected",
+            index=index,
+            backend=be,
+        ),
+        "index_demux_logits": lambda be, c: ops.index_demux_logits(
+            c(hid), c(w2), c(b), c(lw), c(lb), c(pw), c(pb), num_instances=n, backend=be
         ),
         "index_pos_demux": lambda be, c: ops.index_pos_demux(
             c(hid), c(keys), c(w2), c(b), c(lw), c(lb), backend=be
@@ -105,8 +124,8 @@ def run_checks(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> list[Ch
 
 def format_rows(rows: list[CheckRow]) -> str:
     """A plain-text table of the check rows."""
-    lines = [f"{'op':<20} {'backend':<10} {'dtype':<9} {'max rel error':>14}"]
+    lines = [f"{'op':<22} {'backend':<10} {'dtype':<9} {'max rel error':>14}"]
     for r in rows:
         err = f"{r.max_rel_error:14.2e}" if r.max_rel_error is not None else f"{'FAILED':>14}"
-        lines.append(f"{r.op:<20} {r.backend:<10} {r.dtype:<9} {err} {r.error}".rstrip())
+        lines.append(f"{r.op:<22} {r.backend:<10} {r.dtype:<9} {err} {r.error}".rstrip())
     return "\n".join(lines)
