@@ -336,3 +336,27 @@ def test_same_seed_same_transforms(variant):
         for a, b in zip(seeded, same, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not any(torch.equal(a, b) for a, b in zip(seeded, transforms(4), strict=True))
+
+
+def test_mlp_demultiplexer_stores_stacked_and_saves_published_names():
+    demux = mnn.MLPDemultiplexer(N, D, EPS)
+    assert {name for name, _ in demux.named_parameters()} == {
+        "weight",
+        "bias",
+        "ln_weight",
+        "ln_bias",
+    }
+    state = demux.state_dict()
+    assert set(state) == {
+        f"{kind}_{i}.{attr}"
+        for i in range(N)
+        for kind in ("dense", "layer_norm")
+        for attr in ("weight", "bias")
+    }
+    torch.testing.assert_close(state["dense_1.weight"], demux.weight[1])
+    fresh = mnn.MLPDemultiplexer(N, D, EPS)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.weight, demux.weight)
+    del state["layer_norm_2.bias"]
+    with pytest.raises(RuntimeError, match='Missing key.*"ln_bias"'):
+        fresh.load_state_dict(state)

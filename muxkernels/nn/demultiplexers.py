@@ -6,6 +6,9 @@ published projections on top.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -98,9 +101,20 @@ class IndexPosDemultiplexer(nn.Module):
 class MLPDemultiplexer(nn.Module):
     """N branches u_i = layer_norm_i(gelu(dense_i(h))): (B', L, d) → (B', N, L, d).
 
-    Parameters: ``dense_{i}`` and ``layer_norm_{i}`` for i < N (the published
-    ``demux_module`` names); the forward stacks them into one (N·d × d) GEMM.
+    The branches are stored stacked — ``weight`` (N, d, d), ``bias``, ``ln_weight`` and
+    ``ln_bias`` (N, d) — so the forward is one (N·d × d) GEMM with no copy of the weights.
+    State dicts use the published ``demux_module`` names ``dense_{i}.weight``,
+    ``dense_{i}.bias``, ``layer_norm_{i}.weight``, ``layer_norm_{i}.bias`` (hooks translate
+    both ways), so published checkpoints load and saved ones stay drop-in.
     """
+
+    # stacked parameter → (published module prefix, its parameter)
+    PUBLISHED_NAMES: ClassVar[dict[str, tuple[str, str]]] = {
+        "weight": ("dense", "weight"),
+        "bias": ("dense", "bias"),
+        "ln_weight": ("layer_norm", "weight"),
+        "ln_bias": ("layer_norm", "bias"),
+    }
 
     def __init__(
         self,
@@ -111,25 +125,51 @@ class MLPDemultiplexer(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
+        n, d = num_instances, hidden_size
         self.num_instances = num_instances
         self.backend = backend
-        for i in range(num_instances):
-            setattr(self, f"dense_{i}", nn.Linear(hidden_size, hidden_size))
-            setattr(self, f"layer_norm_{i}", nn.LayerNorm(hidden_size, eps=layer_norm_eps))
         self.layer_norm_eps = layer_norm_eps
+        self.weight = nn.Parameter(torch.empty(n, d, d))
+        self.bias = nn.Parameter(torch.empty(n, d))
+        self.ln_weight = nn.Parameter(torch.ones(n, d))
+        self.ln_bias = nn.Parameter(torch.zeros(n, d))
+        self.reset_parameters()
+        self.register_state_dict_post_hook(_to_published_names)
+        self.register_load_state_dict_pre_hook(_from_published_names)
 
-    def _stacked(self, kind: str, attr: str) -> torch.Tensor:
-        return torch.stack(
-            [getattr(getattr(self, f"{kind}_{i}"), attr) for i in range(self.num_instances)]
-        )
+    def reset_parameters(self) -> None:
+        """Each branch initialised as a fresh ``nn.Linear`` and ``nn.LayerNorm``."""
+        bound = self.weight.shape[-1] ** -0.5
+        with torch.no_grad():
+            for w in self.weight:
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            nn.init.uniform_(self.bias, -bound, bound)
+            self.ln_weight.fill_(1.0)
+            self.ln_bias.zero_()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return mlp_demux(
             hidden,
-            self._stacked("dense", "weight"),
-            self._stacked("dense", "bias"),
-            self._stacked("layer_norm", "weight"),
-            self._stacked("layer_norm", "bias"),
+            self.weight,
+            self.bias,
+            self.ln_weight,
+            self.ln_bias,
             eps=self.layer_norm_eps,
             backend=self.backend,
         )
+
+
+def _to_published_names(module: MLPDemultiplexer, state_dict, prefix: str, local_metadata) -> None:
+    for name, (kind, attr) in module.PUBLISHED_NAMES.items():
+        stacked = state_dict.pop(prefix + name)
+        for i in range(module.num_instances):
+            state_dict[f"{prefix}{kind}_{i}.{attr}"] = stacked[i]
+
+
+def _from_published_names(module: MLPDemultiplexer, state_dict, prefix: str, *args: object) -> None:
+    """Stack ``dense_{i}.*``/``layer_norm_{i}.*`` entries; missing ones are reported by
+    load_state_dict as the stacked name."""
+    for name, (kind, attr) in module.PUBLISHED_NAMES.items():
+        keys = [f"{prefix}{kind}_{i}.{attr}" for i in range(module.num_instances)]
+        if all(k in state_dict for k in keys):
+            state_dict[prefix + name] = torch.stack([state_dict.pop(k) for k in keys])
