@@ -358,5 +358,5 @@ def test_mlp_demultiplexer_stores_stacked_and_saves_published_names():
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.weight, demux.weight)
     del state["layer_norm_2.bias"]
-    with pytest.raises(RuntimeError, match='Missing key.*"ln_bias"'):
+    with pytest.raises(RuntimeError, match=r'Missing key.*"ln_bias"'):
         fresh.load_state_dict(state)
