@@ -132,6 +132,8 @@ def test_index_token_head_matches_published():
     expected_u = published_token_demux(hidden, state)
     torch.testing.assert_close(u, expected_u)
     torch.testing.assert_close(logits, F.linear(expected_u, state["decoder.weight"], state["bias"]))
+    torch.testing.assert_close(head.logits(hidden), logits)
+    torch.testing.assert_close(head.logits(hidden, batch_size=4), logits[:4])
 
 
 def test_index_sequence_head_matches_published():

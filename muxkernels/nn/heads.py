@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._backend import Backend
+from ..ops import index_demux_logits
 from .demultiplexers import IndexDemultiplexer, MLPDemultiplexer
 
 
@@ -52,6 +53,24 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         u = _rows(super().forward(hidden, "token"), batch_size)
         return self.decoder(u), u
+
+    def logits(self, hidden: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """The logits alone, (B'·N, L', C): with a kernel backend and at most 64 labels the
+        decoder runs inside the demux kernel, so u is never written (inference, and less
+        memory traffic in training)."""
+        logits = index_demux_logits(
+            hidden,
+            self.dense.weight,
+            self.dense.bias,
+            self.layer_norm.weight,
+            self.layer_norm.bias,
+            self.decoder.weight,
+            self.bias,
+            num_instances=self.num_instances,
+            eps=self.layer_norm.eps,
+            backend=self.backend,
+        )
+        return _rows(logits, batch_size)
 
 
 class IndexDemuxSequenceClassificationHead(IndexDemultiplexer):
