@@ -13,42 +13,15 @@ program writes its per-instance column sums to a (row programs, N, d) buffer tha
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._host import acc_dtype, check_contiguous, interpreting, tl_dtype
 from ._registry import triton_op
 
 # Elements of E one program handles per instance on the GPU (rows × features).
 _TILE_ELEMENTS = 4096
-
-
-def interpreting(device: torch.device) -> bool:
-    """Whether kernels on ``device`` run under the Triton interpreter (CPU tensors)."""
-    return device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def accumulator(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 when any input is float64, float32 otherwise (the reference's compute dtype)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def triton_dtype(dtype: torch.dtype) -> tl.dtype:
-    """The Triton dtype of a floating torch dtype."""
-    return {
-        torch.float16: tl.float16,
-        torch.bfloat16: tl.bfloat16,
-        torch.float32: tl.float32,
-        torch.float64: tl.float64,
-    }[dtype]
-
-
-def check_contiguous(**tensors: torch.Tensor) -> None:
-    """The kernels index every tensor as contiguous; anything else is the caller's bug."""
-    for name, t in tensors.items():
-        torch._check(t.is_contiguous(), lambda name=name: f"{name} must be contiguous")
 
 
 def _blocks(rows: int, d: int, device: torch.device, narrow: bool) -> tuple[int, int, int]:
@@ -178,7 +151,7 @@ def hadamard_mux_fwd(
         vectors,
         out,
         **layout,
-        ACC=triton_dtype(accumulator(embeddings, vectors)),
+        ACC=tl_dtype(acc_dtype(embeddings, vectors)),
         BLOCK_R=block_r,
         BLOCK_D=block_d,
         num_warps=warps,
@@ -208,7 +181,7 @@ def hadamard_mux_bwd(
         return d_embeddings, d_vectors.zero_()
     layout = _layout(embeddings)
     rows, d, num = layout["rows"], layout["d"], layout["num"]
-    acc = accumulator(grad_out, embeddings, vectors)
+    acc = acc_dtype(grad_out, embeddings, vectors)
     block_r, block_d, warps = _blocks(rows, d, embeddings.device, narrow=vectors_grad)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(d, block_d))
     partials = embeddings.new_empty((grid[0] if vectors_grad else 0, num, d), dtype=acc)
@@ -220,7 +193,7 @@ def hadamard_mux_bwd(
         partials,
         **layout,
         VECTORS_GRAD=vectors_grad,
-        ACC=triton_dtype(acc),
+        ACC=tl_dtype(acc),
         BLOCK_R=block_r,
         BLOCK_D=block_d,
         num_warps=warps,

@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import acc_dtype, check_contiguous, interpreting, tl_dtype
 from ._registry import triton_op
-from .hadamard_mux import accumulator, check_contiguous, interpreting, triton_dtype
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -180,7 +180,7 @@ def _tiles(
 
 def _dot_dtype(data: torch.Tensor, *params: torch.Tensor) -> torch.dtype:
     """The dot's operand dtype: half data's own dtype, else the accumulator's."""
-    acc = accumulator(data, *params)
+    acc = acc_dtype(data, *params)
     return data.dtype if data.dtype in _HALF and acc == torch.float32 else acc
 
 
@@ -221,8 +221,8 @@ def _gemm(
         *b[1],
         *c[1],
         scale_root,
-        ACC=triton_dtype(torch.float64 if dot == torch.float64 else torch.float32),
-        DOT=triton_dtype(dot),
+        ACC=tl_dtype(torch.float64 if dot == torch.float64 else torch.float32),
+        DOT=tl_dtype(dot),
         PRECISION="tf32" if dot in _HALF else "ieee",
         K_ROWS=k_rows,
         EVEN_K=k_inner % tiles["BLOCK_K"] == 0,

@@ -1,0 +1,43 @@
+"""Host-side helpers shared by the Triton launchers: dtypes, layout checks, the device."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton.language as tl
+
+
+def interpreting(device: torch.device) -> bool:
+    """Whether kernels on ``device`` run under the Triton interpreter (CPU tensors)."""
+    return device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64, float32 otherwise (the reference's compute dtype)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def tl_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The Triton dtype of a floating torch dtype."""
+    return {
+        torch.float16: tl.float16,
+        torch.bfloat16: tl.bfloat16,
+        torch.float32: tl.float32,
+        torch.float64: tl.float64,
+    }[dtype]
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Makes t's CUDA device current for the launch (Triton launches on the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def check_contiguous(**tensors: torch.Tensor | None) -> None:
+    """The kernels index every tensor as contiguous; anything else is the caller's bug."""
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)})")
