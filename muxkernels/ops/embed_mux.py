@@ -242,20 +242,10 @@ def embed_mux(
         input_ids,
     )
     chosen = _backend.resolve("embed_mux", backend, input_ids.device, KERNEL_BACKENDS, KERNELS)
-    run = reference.embed_mux if chosen == "reference" else EmbedMux.apply
-    extra = () if chosen == "reference" else (chosen,)
-    return run(
-        ids,
-        word_embeddings,
-        position_embeddings,
-        token_type_embeddings,
-        ln_weight,
-        ln_bias,
-        vectors,
-        pos,
-        typ,
-        mpos,
-        mtyp,
-        eps,
-        *extra,
-    )
+    params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
+    if chosen == "reference":
+        return reference.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
+    # torch.compile cannot trace an autograd.Function given one tensor twice (tied tables,
+    # say); a view of each parameter keeps them distinct at no cost.
+    views = tuple(t.view_as(t) for t in params)
+    return EmbedMux.apply(ids, *views, vectors, pos, typ, mpos, mtyp, eps, chosen)
