@@ -1,4 +1,4 @@
-"""Command line: ``muxkernels info`` and ``muxkernels check`` (also ``python -m muxkernels``)."""
+"""Command line: ``muxkernels info``, ``check`` and ``demo`` (also ``python -m muxkernels``)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,23 @@ def _check(args: argparse.Namespace) -> int:
     print(f"every op and usable backend on {device}, against the float64 reference:")
     print(format_rows(rows))
     failed = [r for r in rows if r.error]
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    skipped = sum(1 for r in rows if r.skipped)
+    print(f"{len(rows) - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped")
     return 1 if failed else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        args.instances,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        quick=args.quick,
+        threads=args.threads,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="run every op on every usable backend vs float64")
     check.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
+    demo = sub.add_parser("demo", help="train the retrieval warm-up for several N on the CPU")
+    demo.add_argument("--instances", nargs="+", type=int, default=[1, 2, 4, 8], help="the Ns")
+    demo.add_argument("--steps", type=int, help="training steps for every N (default: per N)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu", help="cpu or cuda")
+    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "demo":
+        return _demo(args)
     return _check(args)
 
 
