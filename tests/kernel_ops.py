@@ -42,8 +42,8 @@ BACKENDS_OF = {
 }
 
 
-def runnable(op: str, backend: str) -> bool:
-    """Whether ``backend`` can run ``op`` on CPU tensors here."""
-    return _backend.usable(backend, CPU)[0] and all(
+def runnable(op: str, backend: str, device: torch.device = CPU) -> bool:
+    """Whether ``backend`` can run ``op`` on ``device`` tensors here."""
+    return _backend.usable(backend, device)[0] and all(
         _opdefs.has_operator(name, backend) for name in KERNELS[op]
     )

@@ -128,3 +128,18 @@ def test_fullgraph_kernel_backend(name, backend, randn):
     if not runnable(op, backend):
         pytest.skip(f"{backend} cannot run {op} on CPU here")
     _check_forward_backward(CASES[name], _inputs(randn), backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["hadamard_mux", "ortho_mux", "index_demux_token", "mlp_demux"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_inductor_on_gpu(name, backend, randn):
+    """The default torch.compile backend (inductor) with the kernel operators, on CUDA."""
+    cuda = torch.device("cuda")
+    if not runnable(_op(name), backend, cuda):
+        pytest.skip(f"{backend} cannot run {name} on CUDA here")
+    inputs = {k: v.to(cuda, torch.float32) if v.is_floating_point() else v.to(cuda)
+              for k, v in _inputs(randn).items()}  # fmt: skip
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: CASES[name](x, backend), fullgraph=True)
+    torch.testing.assert_close(compiled(inputs), CASES[name](inputs, backend))

@@ -1,5 +1,7 @@
-"""The compiled extension ``muxkernels._C`` on CPU: schemas, CPU implementations, argument
-checks, fake implementations, and ``muxkernels._extension``'s loading logic.
+"""The compiled extension ``muxkernels._C`` on CPU: schemas, CPU implementations (ATen ops)
+against the reference, argument checks, fake implementations, opcheck, and
+``muxkernels._extension``'s loading logic. The CUDA kernels are tested in
+tests/gpu/test_cuda_kernels.py and tests/gpu/test_cuda_hadamard_mux.py.
 
 Tests that need ``_C`` are skipped when it is not built, unless
 ``MUXKERNELS_REQUIRE_EXTENSION=1``: then importing this file fails.
@@ -13,7 +15,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from muxkernels import _extension
+from muxkernels import _extension, _opdefs, reference
 
 pytestmark = pytest.mark.extension
 
@@ -23,7 +25,13 @@ needs_extension = pytest.mark.skipif(
     not HAVE_EXTENSION, reason=f"muxkernels._C is not built ({_extension.load_error()!r})"
 )
 
-SCHEMA = "muxkernels::hadamard_mux_fwd_cuda(Tensor embeddings, Tensor vectors) -> Tensor"
+OPERATORS = (
+    "hadamard_mux_fwd",
+    "hadamard_mux_bwd",
+    "embed_mux_fwd",
+    "demux_gather_fwd",
+    "demux_gather_bwd",
+)
 
 # Error bound: RTOL[dtype] * (1/N) Σ_i |v_i E_i| (relative to the magnitudes summed, so
 # cancellation is covered) + ATOL[dtype] (the rounding of subnormal float16 outputs).
@@ -105,13 +113,20 @@ def test_missing_extension_returns_false_or_raises_when_required(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# hadamard_mux_fwd_cuda: schema and CPU implementation
+# Registration: every operator, with the schema of muxkernels._opdefs
 # ---------------------------------------------------------------------------
 
 
 @needs_extension
-def test_schema():
-    assert str(hadamard_mux_fwd().default._schema) == SCHEMA
+@pytest.mark.parametrize("name", OPERATORS)
+def test_schema(name):
+    schema = getattr(torch.ops.muxkernels, f"{name}_cuda").default._schema
+    assert str(schema) == _opdefs.qualified_name(name, "cuda") + _opdefs.SCHEMAS[name]
+
+
+# ---------------------------------------------------------------------------
+# hadamard_mux_fwd_cuda: CPU implementation
+# ---------------------------------------------------------------------------
 
 
 @needs_extension
@@ -202,8 +217,6 @@ def test_fake_tensor_mode():
         out = hadamard_mux_fwd()(e, v)
         assert out.shape == (2, 7, 97)
         assert out.dtype == torch.bfloat16
-        with pytest.raises(RuntimeError, match=r"vectors\.size\(0\)"):
-            hadamard_mux_fwd()(e, torch.empty(4, 97))
 
 
 @needs_extension
@@ -217,3 +230,471 @@ def test_compiles_fullgraph(generator):
     for shape in [(2, 3, 4, 5), (3, 2, 5, 8)]:
         e, v = random_inputs(shape, torch.float32, torch.float32, generator)
         torch.testing.assert_close(compiled(e, v), f(e, v))
+
+
+# ---------------------------------------------------------------------------
+# hadamard_mux_bwd, embed_mux_fwd, demux_gather_{fwd,bwd}: CPU implementations against
+# the reference (float64 autograd for the gradients), on the same rounded inputs
+# ---------------------------------------------------------------------------
+
+EPS = 1e-5
+GATHERS = ("token", "sequence", "selected")
+# Allowed error relative to the largest magnitude of the expected tensor.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+PARAM_DTYPES = [pytest.param(False, id="params_same"), pytest.param(True, id="params_fp32")]
+
+
+def op(name: str):
+    return getattr(torch.ops.muxkernels, f"{name}_cuda")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float | None = None) -> None:
+    """|actual - expected| <= tol * (|expected| + max |expected|), elementwise; tol defaults
+    to TOL[actual.dtype]."""
+    tol = TOL[actual.dtype] if tol is None else tol
+    assert actual.shape == expected.shape
+    assert not actual.isnan().any()
+    expected = expected.double()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * scale)
+
+
+def draw(generator, *shape, dtype=torch.float64):
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def grads_of(fn, inputs: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The float64 gradients of fn(*inputs) (a reference function) for grad_out."""
+    leaves = [t.detach().double().requires_grad_() for t in inputs]
+    return torch.autograd.grad(fn(*leaves), leaves, grad_out.double())
+
+
+# (B', N, L, d): N = 1, L = 1, d odd and not a multiple of any vector width.
+HADAMARD_SHAPES = [(2, 1, 1, 5), (2, 3, 1, 97), (1, 3, 4, 5), (2, 3, 2, 16)]
+
+
+def hadamard_bwd_inputs(shape, dtype, params_fp32, generator):
+    groups, n, length, d = shape
+    e = draw(generator, *shape, dtype=dtype)
+    v = draw(generator, n, d, dtype=torch.float32 if params_fp32 else dtype)
+    dx = draw(generator, groups, length, d, dtype=dtype)
+    return dx, e, v
+
+
+@needs_extension
+@pytest.mark.parametrize("shape", HADAMARD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("params_fp32", PARAM_DTYPES)
+@pytest.mark.parametrize("vectors_grad", [True, False], ids=["dv", "no_dv"])
+def test_hadamard_mux_bwd_cpu(shape, dtype, params_fp32, vectors_grad, generator):
+    dx, e, v = hadamard_bwd_inputs(shape, dtype, params_fp32, generator)
+    d_e, d_v = op("hadamard_mux_bwd")(dx, e, v, vectors_grad)
+    want_e, want_v = grads_of(reference.hadamard_mux, [e, v], dx)
+    assert d_e.dtype == e.dtype and d_v.dtype == v.dtype
+    assert_close(d_e, want_e)
+    if vectors_grad:
+        assert_close(d_v, want_v)
+    else:
+        assert d_v.shape == (0,)
+
+
+# (B', N, L, d) and the table sizes (words, positions, types).
+EMBED_SHAPES = [(2, 1, 1, 5), (2, 3, 4, 97), (1, 3, 1, 16), (1, 1, 3, 7)]
+VOCAB = (11, 9, 2)
+
+
+def embed_inputs(shape, dtype, params_fp32, generator) -> tuple:
+    """The operator's arguments but eps: ids, tables, LayerNorm, vectors, position/type ids."""
+    groups, n, length, d = shape
+    param_dtype = torch.float32 if params_fp32 else dtype
+
+    def ids(high: int, *size: int) -> torch.Tensor:
+        return torch.randint(0, high, size, generator=generator)
+
+    return (
+        ids(VOCAB[0], groups, n, length),
+        *(draw(generator, size, d, dtype=dtype) for size in VOCAB),
+        1.0 + 0.1 * draw(generator, d, dtype=param_dtype),
+        0.1 * draw(generator, d, dtype=param_dtype),
+        draw(generator, n, d, dtype=param_dtype),
+        ids(VOCAB[1], groups, n, length),
+        ids(VOCAB[2], groups, n, length),
+        ids(VOCAB[1], groups, length),
+        ids(VOCAB[2], groups, length),
+    )
+
+
+def embed_reference(args: tuple) -> torch.Tensor:
+    """reference.embed_mux in float64 on the same (rounded) tables and parameters."""
+    cast = [t.double() if t.is_floating_point() else t for t in args]
+    return reference.embed_mux(*cast, EPS)
+
+
+@needs_extension
+@pytest.mark.parametrize("shape", EMBED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("params_fp32", PARAM_DTYPES)
+def test_embed_mux_fwd_cpu(shape, dtype, params_fp32, generator):
+    args = embed_inputs(shape, dtype, params_fp32, generator)
+    out = op("embed_mux_fwd")(*args, EPS)
+    assert out.dtype == dtype
+    assert_close(out, embed_reference(args))
+
+
+# (B', N, L', d, Ga): a general case, a shared (Ga = 1) a with tiny d, all ones, N = 1,
+# L' = 1.
+DEMUX_CASES = [
+    (2, 3, 6, 97, 2),
+    (2, 3, 6, 5, 1),
+    (1, 1, 1, 5, 1),
+    (2, 1, 4, 16, 2),
+    (2, 3, 1, 97, 1),
+]
+
+
+def demux_inputs(case, dtype, params_fp32, generator) -> tuple:
+    """(a, c, ln_weight, ln_bias, index, sequence_position)."""
+    groups, n, length, d, a_groups = case
+    param_dtype = torch.float32 if params_fp32 else dtype
+    a = draw(generator, a_groups, n, d, dtype=param_dtype)
+    c = draw(generator, groups, length, d, dtype=dtype)
+    ln_weight = 1.0 + 0.1 * draw(generator, d, dtype=param_dtype)
+    ln_bias = 0.1 * draw(generator, d, dtype=param_dtype)
+    index = torch.randint(0, n, (groups, length), generator=generator)
+    return a, c, ln_weight, ln_bias, index, length - 1
+
+
+def demux_reference(gather, index, position):
+    """reference.demux_gather as a function of (a, c, ln_weight, ln_bias)."""
+
+    def fn(a, c, ln_weight, ln_bias):
+        return reference.demux_gather(a, c, ln_weight, ln_bias, EPS, gather, index, position)
+
+    return fn
+
+
+@needs_extension
+@pytest.mark.parametrize("case", DEMUX_CASES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("gather", GATHERS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_demux_gather_fwd_cpu(case, gather, dtype, generator):
+    a, c, ln_weight, ln_bias, index, position = demux_inputs(case, dtype, False, generator)
+    out = op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position)
+    want = demux_reference(gather, index, position)(
+        a.double(), c.double(), ln_weight.double(), ln_bias.double()
+    )
+    assert out.dtype == dtype
+    assert_close(out, want)
+
+
+@needs_extension
+@pytest.mark.parametrize("case", DEMUX_CASES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("gather", GATHERS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_demux_gather_bwd_cpu(case, gather, dtype, generator):
+    a, c, ln_weight, ln_bias, index, position = demux_inputs(case, dtype, False, generator)
+    params = [a, c, ln_weight, ln_bias]
+    grad_u = draw(
+        generator, *op("demux_gather_fwd")(*params, EPS, gather, index, position).shape, dtype=dtype
+    )
+    got = op("demux_gather_bwd")(grad_u, *params, EPS, gather, index, position)
+    want = grads_of(demux_reference(gather, index, position), params, grad_u)
+    for name, g, w, t in zip(
+        ("da", "dc", "d_ln_weight", "d_ln_bias"), got, want, params, strict=True
+    ):
+        assert g.dtype == t.dtype, name
+        assert_close(g, w)
+
+
+@needs_extension
+@pytest.mark.parametrize("gather", GATHERS)
+def test_demux_gather_fp32_params_with_half_data(gather, generator):
+    """float16 c with float32 a and LayerNorm parameters: the ATen path computes in fp32."""
+    a, c, ln_weight, ln_bias, index, position = demux_inputs(
+        (2, 3, 4, 16, 1), torch.float16, True, generator
+    )
+    out = op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position)
+    want = demux_reference(gather, index, position)(
+        a.double(), c.double(), ln_weight.double(), ln_bias.double()
+    )
+    assert out.dtype == torch.float16
+    assert_close(out, want, 2e-3)
+
+
+# ---------------------------------------------------------------------------
+# opcheck (schema, fakes, autograd registration, AOT dispatch) of the new operators
+# ---------------------------------------------------------------------------
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("vectors_grad", [True, False], ids=["dv", "no_dv"])
+def test_opcheck_hadamard_mux_bwd(dtype, vectors_grad, generator):
+    args = hadamard_bwd_inputs((2, 3, 4, 5), dtype, False, generator)
+    torch.library.opcheck(op("hadamard_mux_bwd"), (*args, vectors_grad))
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_opcheck_embed_mux_fwd(dtype, generator):
+    args = embed_inputs((2, 3, 4, 5), dtype, dtype == torch.float32, generator)
+    torch.library.opcheck(op("embed_mux_fwd"), (*args, EPS))
+
+
+@needs_extension
+@pytest.mark.parametrize("gather", GATHERS)
+@pytest.mark.parametrize("name", ["demux_gather_fwd", "demux_gather_bwd"])
+def test_opcheck_demux_gather(name, gather, generator):
+    a, c, ln_weight, ln_bias, index, position = demux_inputs(
+        (2, 3, 4, 5, 1), torch.float64, False, generator
+    )
+    args = (a, c, ln_weight, ln_bias, EPS, gather, index, position)
+    if name == "demux_gather_bwd":
+        shape = op("demux_gather_fwd")(*args).shape
+        args = (draw(generator, *shape), *args)
+    torch.library.opcheck(op(name), args)
+
+
+@needs_extension
+def test_fake_tensor_mode_new_operators():
+    bf16, f32 = torch.bfloat16, torch.float32
+    with FakeTensorMode():
+        e, v = torch.empty(2, 3, 7, 97, dtype=bf16), torch.empty(3, 97, dtype=f32)
+        d_e, d_v = op("hadamard_mux_bwd")(torch.empty(2, 7, 97, dtype=bf16), e, v, False)
+        assert (d_e.shape, d_e.dtype, d_v.shape, d_v.dtype) == (e.shape, bf16, (0,), f32)
+        a, c = torch.empty(1, 3, 97, dtype=f32), torch.empty(2, 9, 97, dtype=bf16)
+        w, index = torch.empty(97, dtype=f32), torch.empty(2, 9, dtype=torch.long)
+        for gather, shape in [
+            ("token", (2, 3, 9, 97)),
+            ("sequence", (2, 3, 97)),
+            ("selected", (2, 9, 97)),
+        ]:
+            u = op("demux_gather_fwd")(a, c, w, w, EPS, gather, index, 3)
+            assert (u.shape, u.dtype) == (shape, bf16)
+            grads = op("demux_gather_bwd")(u, a, c, w, w, EPS, gather, index, 3)
+            assert [(t.shape, t.dtype) for t in grads] == [
+                (a.shape, f32),
+                (c.shape, bf16),
+                (w.shape, f32),
+                (w.shape, f32),
+            ]
+
+
+# ---------------------------------------------------------------------------
+# Argument checks of the new operators: a RuntimeError naming the operator and argument
+# ---------------------------------------------------------------------------
+
+
+def _hadamard_bwd_case(change: dict) -> tuple:
+    args = {
+        "grad_out": torch.randn(2, 4, 5),
+        "embeddings": torch.randn(2, 3, 4, 5),
+        "vectors": torch.randn(3, 5),
+        "vectors_grad": True,
+    }
+    args.update(change)
+    return tuple(args.values())
+
+
+def _embed_case(change: dict) -> tuple:
+    names = (
+        "input_ids",
+        "word_embeddings",
+        "position_embeddings",
+        "token_type_embeddings",
+        "ln_weight",
+        "ln_bias",
+        "vectors",
+        "position_ids",
+        "token_type_ids",
+        "mixed_position_ids",
+        "mixed_token_type_ids",
+    )
+    args = dict(
+        zip(
+            names,
+            embed_inputs((2, 3, 4, 5), torch.float32, False, torch.Generator().manual_seed(0)),
+            strict=True,
+        )
+    )
+    args["eps"] = EPS
+    args.update(change)
+    return tuple(args.values())
+
+
+def _demux_case(change: dict, grad: bool = False) -> tuple:
+    a, c, ln_weight, ln_bias, index, _ = demux_inputs(
+        (2, 3, 4, 5, 2), torch.float32, False, torch.Generator().manual_seed(0)
+    )
+    args = {
+        "a": a,
+        "c": c,
+        "ln_weight": ln_weight,
+        "ln_bias": ln_bias,
+        "eps": EPS,
+        "gather": "selected",
+        "index": index,
+        "sequence_position": 1,
+    }
+    if grad:
+        args = {"grad_u": torch.randn(2, 4, 5), **args}
+    args.update(change)
+    return tuple(args.values())
+
+
+def _bad_new_arguments():
+    f16, f64 = torch.float16, torch.float64
+    noncontig = torch.randn(2, 5, 4).transpose(1, 2)
+    return [
+        (
+            "hadamard_mux_bwd",
+            "grad_out_shape",
+            _hadamard_bwd_case({"grad_out": torch.randn(2, 5, 5)}),
+            r"grad_out\.size\(1\) must equal embeddings\.size\(2\), L",
+        ),
+        (
+            "hadamard_mux_bwd",
+            "grad_out_dtype",
+            _hadamard_bwd_case({"grad_out": torch.randn(2, 4, 5, dtype=f64)}),
+            r"grad_out must have the dtype of embeddings",
+        ),
+        (
+            "hadamard_mux_bwd",
+            "grad_out_contig",
+            _hadamard_bwd_case({"grad_out": noncontig}),
+            r"grad_out must be contiguous",
+        ),
+        (
+            "hadamard_mux_bwd",
+            "vectors_dtype",
+            _hadamard_bwd_case({"vectors": torch.randn(3, 5, dtype=f16)}),
+            r"vectors must have the dtype of embeddings \(Float\) or float32",
+        ),
+        (
+            "embed_mux_fwd",
+            "ids_float",
+            _embed_case({"input_ids": torch.zeros(2, 3, 4)}),
+            r"input_ids must be an integer tensor",
+        ),
+        (
+            "embed_mux_fwd",
+            "ids_range",
+            _embed_case({"input_ids": torch.full((2, 3, 4), VOCAB[0], dtype=torch.long)}),
+            r"input_ids holds values in \[11, 11\] but must lie in \[0, 11\)",
+        ),
+        (
+            "embed_mux_fwd",
+            "mixed_ids_range",
+            _embed_case({"mixed_token_type_ids": torch.full((2, 4), -1, dtype=torch.long)}),
+            r"mixed_token_type_ids holds values in \[-1, -1\]",
+        ),
+        (
+            "embed_mux_fwd",
+            "position_ids_shape",
+            _embed_case({"position_ids": torch.zeros(2, 3, 5, dtype=torch.long)}),
+            r"position_ids must have the shape of input_ids",
+        ),
+        (
+            "embed_mux_fwd",
+            "mixed_ids_shape",
+            _embed_case({"mixed_position_ids": torch.zeros(2, 3, 4, dtype=torch.long)}),
+            r"mixed_position_ids must have shape \(B', L\)",
+        ),
+        (
+            "embed_mux_fwd",
+            "table_dtype",
+            _embed_case({"token_type_embeddings": torch.randn(2, 5, dtype=f64)}),
+            r"token_type_embeddings must have the dtype of word_embeddings",
+        ),
+        (
+            "embed_mux_fwd",
+            "ln_weight_size",
+            _embed_case({"ln_weight": torch.ones(6)}),
+            r"ln_weight\.size\(0\) must equal word_embeddings\.size\(1\), d",
+        ),
+        (
+            "embed_mux_fwd",
+            "vectors_n",
+            _embed_case({"vectors": torch.randn(2, 5)}),
+            r"vectors\.size\(0\) must equal input_ids\.size\(1\), N",
+        ),
+        ("embed_mux_fwd", "eps", _embed_case({"eps": 0.0}), r"eps must be a positive float"),
+        (
+            "demux_gather_fwd",
+            "gather",
+            _demux_case({"gather": "word"}),
+            r'gather must be "token", "sequence" or "selected", got "word"',
+        ),
+        (
+            "demux_gather_fwd",
+            "no_index",
+            _demux_case({"index": None}),
+            r'gather "selected" needs index',
+        ),
+        (
+            "demux_gather_fwd",
+            "index_range",
+            _demux_case({"index": torch.full((2, 4), 3, dtype=torch.long)}),
+            r"index holds values in \[3, 3\] but must lie in \[0, 3\)",
+        ),
+        (
+            "demux_gather_fwd",
+            "index_float",
+            _demux_case({"index": torch.zeros(2, 4)}),
+            r"index must be an integer tensor",
+        ),
+        (
+            "demux_gather_fwd",
+            "index_shape",
+            _demux_case({"index": torch.zeros(2, 5, dtype=torch.long)}),
+            r"index must have shape \(B', L'\) = \(2, 4\)",
+        ),
+        (
+            "demux_gather_fwd",
+            "position",
+            _demux_case({"gather": "sequence", "sequence_position": 4}),
+            r"sequence_position must lie in \[0, c\.size\(1\)\) = \[0, 4\), got 4",
+        ),
+        (
+            "demux_gather_fwd",
+            "a_groups",
+            _demux_case({"a": torch.randn(3, 3, 5)}),
+            r"a\.size\(0\) must equal c\.size\(0\) \(B'\) or 1",
+        ),
+        (
+            "demux_gather_fwd",
+            "ln_bias_dtype",
+            _demux_case({"ln_bias": torch.zeros(5, dtype=f16)}),
+            r"ln_bias must have the dtype of c \(Float\) or float32",
+        ),
+        (
+            "demux_gather_fwd",
+            "c_dtype",
+            _demux_case({"c": torch.zeros(2, 4, 5, dtype=torch.int32)}),
+            r"c must be float16, bfloat16, float32 or float64",
+        ),
+        (
+            "demux_gather_bwd",
+            "grad_u_shape",
+            _demux_case({"grad_u": torch.randn(2, 3, 4, 5)}, grad=True),
+            r"grad_u must have the gather's output shape \[2, 4, 5\]",
+        ),
+        (
+            "demux_gather_bwd",
+            "grad_u_dtype",
+            _demux_case({"grad_u": torch.randn(2, 4, 5, dtype=f64)}, grad=True),
+            r"grad_u must have the dtype of c",
+        ),
+    ]
+
+
+@needs_extension
+@pytest.mark.parametrize(
+    ("name", "args", "pattern"),
+    [(case[0], case[2], case[3]) for case in _bad_new_arguments()],
+    ids=[f"{case[0]}-{case[1]}" for case in _bad_new_arguments()],
+)
+def test_argument_checks_new_operators(name, args, pattern):
+    with pytest.raises(RuntimeError, match=pattern) as info:
+        op(name)(*args)
+    assert f"muxkernels::{name}_cuda: " in str(info.value)

@@ -159,3 +159,32 @@ def test_gradcheck(case, backend):
 
     leaves = tuple(x[k].clone().requires_grad_() for k in names)
     assert torch.autograd.gradcheck(run, leaves, fast_mode=True)
+
+
+GPU_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("case", "backend"), PARAMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_gpu_forward_and_gradients_match_reference(case, backend, dtype):
+    """The same cases on CUDA tensors, against the reference on the same (rounded) inputs."""
+    cuda = torch.device("cuda")
+    if not runnable(case.split("-")[0], backend, cuda):
+        pytest.skip(f"{backend} cannot run {case} on CUDA here")
+    x = {k: v.to(cuda) for k, v in _inputs(dtype).items()}
+    leaves = [v.requires_grad_() for v in x.values() if v.is_floating_point()]
+    results = {}
+    for be in (backend, "reference"):
+        out = CASES[case](x, be)
+        grad_out = torch.ones_like(out)
+        results[be] = (out, torch.autograd.grad(out, leaves, grad_out, allow_unused=True))
+    tol = GPU_TOLERANCE[dtype]
+    (out, grads), (ref, ref_grads) = results[backend], results["reference"]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+    for got, want in zip(grads, ref_grads, strict=True):
+        if want is not None:
+            scale = want.float().abs().max().clamp_min(1.0)
+            torch.testing.assert_close(
+                got.float() / scale, want.float() / scale, rtol=tol, atol=tol
+            )
