@@ -19,80 +19,31 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include "device_utils.cuh"
 
 namespace muxkernels {
 namespace {
+
+using detail::BFloat16;
+using detail::ceil_div;
+using detail::Elem;
+using detail::Half;
+using detail::is_aligned;
+using detail::kVectorBytes;
+using detail::Pack;
 
 constexpr int kThreadsPerBlock = 256;
 // Instances whose loads are in flight together: 4 x 16 bytes on the vector
 // path, 8 elements on the element-wise one.
 template <int VEC>
 constexpr int kUnroll = VEC == 1 ? 8 : 4;
-constexpr int kVectorBytes = 16;     // width of the vector loads and stores
 constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 constexpr int64_t kMaxGridY = 65535;
 
-// ---------------------------------------------------------------------------
-// Element traits: how an element is stored and converted to and from the
-// accumulator. Half types are stored as raw 16-bit words so that packs of them
-// are trivially copyable.
-// ---------------------------------------------------------------------------
-struct Half {};
-struct BFloat16 {};
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  using Storage = float;
-  using Acc = float;
-  __device__ __forceinline__ static float to_float(Storage x) { return x; }
-  __device__ __forceinline__ static Storage from_acc(float a) { return a; }
-};
-
-template <>
-struct Elem<double> {
-  using Storage = double;
-  using Acc = double;
-  __device__ __forceinline__ static double to_float(Storage x) { return x; }
-  __device__ __forceinline__ static Storage from_acc(double a) { return a; }
-};
-
-template <>
-struct Elem<Half> {
-  using Storage = unsigned short;
-  using Acc = float;
-  __device__ __forceinline__ static float to_float(Storage x) {
-    return __half2float(__ushort_as_half(x));
-  }
-  __device__ __forceinline__ static Storage from_acc(float a) {
-    return __half_as_ushort(__float2half_rn(a));
-  }
-};
-
-template <>
-struct Elem<BFloat16> {
-  using Storage = unsigned short;
-  using Acc = float;
-  __device__ __forceinline__ static float to_float(Storage x) {
-    return __bfloat162float(__ushort_as_bfloat16(x));
-  }
-  __device__ __forceinline__ static Storage from_acc(float a) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(a));
-  }
-};
-
-// VEC consecutive elements, aligned to their total size so that a load or a
-// store of a whole pack is one (or, for 32 bytes, two) vector instruction(s).
-template <typename S, int VEC>
-struct alignas(sizeof(S) * VEC) Pack {
-  S x[VEC];
-};
-
+// Loads a pack at p: one vector load when PACKED (p aligned to the pack), else
+// element by element.
 template <typename S, int VEC, bool PACKED>
 __device__ __forceinline__ Pack<S, VEC> load_pack(const S* __restrict__ p) {
   if constexpr (PACKED) {
@@ -103,12 +54,6 @@ __device__ __forceinline__ Pack<S, VEC> load_pack(const S* __restrict__ p) {
     for (int j = 0; j < VEC; ++j) r.x[j] = p[j];
     return r;
   }
-}
-
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-inline bool is_aligned(const void* p, int64_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -165,8 +110,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         for (int r = 0; r < kUnroll<VEC>; ++r) {
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
-            acc[j] += static_cast<Acc>(Elem<VT>::to_float(vp[r].x[j])) *
-                      static_cast<Acc>(Elem<T>::to_float(ep[r].x[j]));
+            acc[j] += static_cast<Acc>(Elem<VT>::to_acc(vp[r].x[j])) *
+                      static_cast<Acc>(Elem<T>::to_acc(ep[r].x[j]));
           }
         }
       }
@@ -178,8 +123,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         v_ptr += d;
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          acc[j] += static_cast<Acc>(Elem<VT>::to_float(vp.x[j])) *
-                    static_cast<Acc>(Elem<T>::to_float(ep.x[j]));
+          acc[j] += static_cast<Acc>(Elem<VT>::to_acc(vp.x[j])) *
+                    static_cast<Acc>(Elem<T>::to_acc(ep.x[j]));
         }
       }
 

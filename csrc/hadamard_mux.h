@@ -14,16 +14,9 @@
 
 #include <cuda_runtime.h>
 
-namespace muxkernels {
+#include "common.h"
 
-// Element types understood by the launchers. The numeric values are private to
-// this library (they are not torch's ScalarType codes); bindings.cpp maps them.
-enum class DType : int32_t {
-  kFloat16 = 0,
-  kBFloat16 = 1,
-  kFloat32 = 2,
-  kFloat64 = 3,
-};
+namespace muxkernels {
 
 // Accepted type combinations (the output has the dtype of E):
 //   E in {float16, bfloat16, float32}: v has E's dtype or is float32; fp32 accumulation.

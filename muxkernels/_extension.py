@@ -1,18 +1,28 @@
 """The optional compiled extension ``muxkernels._C`` (CUDA C++ kernels, csrc/).
 
-Importing ``muxkernels._C`` registers the ``muxkernels::`` operators (schemas, CPU and CUDA
-implementations) with PyTorch; this module adds their fake (meta) implementations, so
-that ``torch.compile`` and ``torch.library.opcheck`` can trace them. The package works
-without the extension: ``load()`` then returns False and the other backends are used.
+Importing ``muxkernels._C`` registers the ``muxkernels::<name>_cuda`` operators (schemas,
+CPU and CUDA implementations); this module adds their fake (meta) implementations, the
+shared ones of ``muxkernels._opdefs``, so that ``torch.compile`` and
+``torch.library.opcheck`` can trace them. The package works without the extension:
+``load()`` then returns False and the other backends are used.
 
-Operators (call through ``torch.ops.muxkernels``, after ``load()`` returned True):
+Operators (call through ``torch.ops.muxkernels``, after ``load()`` returned True); each
+has the schema ``muxkernels._opdefs.SCHEMAS[<name>]`` and the semantics given in that
+module's docstring:
 
-``hadamard_mux_fwd_cuda(Tensor embeddings, Tensor vectors) -> Tensor``
-    embeddings (B', N, L, d) and vectors (N, d), both contiguous and on one device;
-    embeddings float16, bfloat16, float32 or float64; vectors in the dtype of embeddings
-    or float32. Returns x (B', L, d) in the dtype of embeddings,
-    x[g, t, :] = (1/N) Σ_i vectors[i, :] ⊙ embeddings[g, i, t, :], accumulated in fp32
-    (fp64 for float64). Runs on CUDA (the kernel) and on CPU (ATen ops, for testing).
+``hadamard_mux_fwd_cuda``, ``hadamard_mux_bwd_cuda``
+    x = (1/N) Σ_i v_i ⊙ E_i and its gradients (dv summed deterministically).
+``embed_mux_fwd_cuda``
+    the fused front end: token ids → embeddings + LayerNorm per instance → hadamard mux
+    → position/type add + LayerNorm, without writing the N per-instance embeddings.
+``demux_gather_fwd_cuda``, ``demux_gather_bwd_cuda``
+    u = LN(gelu(a[g,i] + c[g,t])) for the token, sequence and selected gathers, and its
+    gradients recomputed from a and c (reductions deterministic).
+
+Floating data is float16, bfloat16, float32 or float64 (parameters in the data's dtype or
+float32), accumulated in fp32 (fp64 for float64). The CUDA implementations run the
+kernels on the current stream; float64 runs the kernel for the hadamard ops and ATen ops
+for the others. The CPU implementations use ATen ops, for testing without a GPU.
 
 Set ``MUXKERNELS_REQUIRE_EXTENSION=1`` to make a missing or broken extension an error
 (``ImportError``) instead of a silent fallback, e.g. in CI on GPU machines.
@@ -25,6 +35,8 @@ import os
 import threading
 
 import torch
+
+from . import _opdefs
 
 __all__ = ["REQUIRE_ENV_VAR", "cuda_kernels_available", "load", "load_error"]
 
@@ -53,7 +65,7 @@ def load() -> bool:
                     _error = err
                     _loaded = False
                 else:
-                    _register_fakes()
+                    _opdefs.register_fakes("cuda")
                     _loaded = True
     if not _loaded and os.environ.get(REQUIRE_ENV_VAR) == "1":
         raise ImportError(
@@ -72,49 +84,3 @@ def load_error() -> BaseException | None:
 def cuda_kernels_available() -> bool:
     """Whether the compiled CUDA kernels can run here: extension loaded and a GPU present."""
     return load() and torch.cuda.is_available()
-
-
-def _register_fakes() -> None:
-    """Registers the fake (meta) implementation of every operator of ``muxkernels._C``."""
-
-    @torch.library.register_fake("muxkernels::hadamard_mux_fwd_cuda")
-    def _hadamard_mux_fwd_fake(embeddings: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        op = "muxkernels::hadamard_mux_fwd_cuda"
-        torch._check(
-            embeddings.dim() == 4,
-            lambda: f"{op}: embeddings must have rank 4 (B', N, L, d), got {embeddings.shape}",
-        )
-        torch._check(
-            vectors.dim() == 2,
-            lambda: f"{op}: vectors must have rank 2 (N, d), got {vectors.shape}",
-        )
-        torch._check(
-            vectors.shape[0] == embeddings.shape[1],
-            lambda: (
-                f"{op}: vectors.size(0) must equal embeddings.size(1) (N), got vectors "
-                f"shape {vectors.shape} and embeddings shape {embeddings.shape}"
-            ),
-        )
-        torch._check(
-            vectors.shape[1] == embeddings.shape[3],
-            lambda: (
-                f"{op}: vectors.size(1) must equal embeddings.size(3) (d), got vectors "
-                f"shape {vectors.shape} and embeddings shape {embeddings.shape}"
-            ),
-        )
-        torch._check(
-            embeddings.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-            lambda: (
-                f"{op}: embeddings must be float16, bfloat16, float32 or float64, "
-                f"got {embeddings.dtype}"
-            ),
-        )
-        torch._check(
-            vectors.dtype in (embeddings.dtype, torch.float32),
-            lambda: (
-                f"{op}: vectors must have the dtype of embeddings ({embeddings.dtype}) "
-                f"or float32, got {vectors.dtype}"
-            ),
-        )
-        groups, _, length, d = embeddings.shape
-        return embeddings.new_empty((groups, length, d))

@@ -6,7 +6,8 @@ Covered: every dtype (float64 runs ATen ops for embed and demux), odd sizes (N =
 paths (d a multiple of the vector width or not, tensors starting one element past a 16-byte
 boundary), the benchmark shapes (bfloat16, d = 768, N = 10 and 40), outputs written into
 NaN-poisoned memory, deterministic reductions, the Triton operators where they exist,
-opcheck, torch.compile, a side stream, offsets beyond 2^31 elements, and the speed targets.
+opcheck, torch.compile, a side stream and offsets beyond 2^31 elements. Speed is measured
+by benchmarks/bench_ops.py, never asserted here.
 Skipped without a CUDA device or without the extension (unless
 MUXKERNELS_REQUIRE_EXTENSION=1: then failing).
 """
@@ -448,48 +449,3 @@ def test_hadamard_mux_bwd_beyond_2_31(gen):
         assert_close(d_e[:, :, rows].contiguous(), want, "dE")
     del d_e, e
     torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------
-# Speed (the targets of the CUDA backend, with a margin for noisy machines)
-# ---------------------------------------------------------------------------
-
-
-def milliseconds(fn, repeat: int = 20) -> float:
-    """Median time of fn() in milliseconds, measured with CUDA events after a warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def test_speed_embed_mux_fwd(gen):
-    """Target: >= 3x faster than the reference embedding + mux at N = 40."""
-    args = embed_inputs(gen, (16, 40, 128, 768), torch.bfloat16, vocab=(50265, 514, 1))
-    kernel = milliseconds(lambda: op("embed_mux_fwd")(*args, EPS))
-    ref = milliseconds(lambda: reference.embed_mux(*args, EPS), repeat=5)
-    print(f"embed_mux_fwd: kernel {kernel:.3f} ms, reference {ref:.3f} ms ({ref / kernel:.1f}x)")
-    assert ref / kernel >= 3.0, f"kernel {kernel:.3f} ms vs reference {ref:.3f} ms"
-
-
-def test_speed_demux_gather_fwd(gen):
-    """Target: within 1.3x of writing u at copy bandwidth (N = 40, B' = 16, L' = 169, d =
-    768, bfloat16). Asserted at 2x: exact gelu costs ~20 instructions per element."""
-    a, c, w, b, _, _ = demux_inputs(gen, (16, 40, 169, 768, 16), torch.bfloat16)
-    u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0)
-    source = torch.empty_like(u)
-    copy = milliseconds(lambda: u.copy_(source))  # reads and writes u: twice the floor
-    kernel = milliseconds(lambda: op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0))
-    floor = copy / 2
-    print(
-        f"demux_gather_fwd: kernel {kernel:.3f} ms, write floor {floor:.3f} ms "
-        f"({kernel / floor:.2f}x)"
-    )
-    assert kernel <= 2.0 * floor, f"kernel {kernel:.3f} ms vs write floor {floor:.3f} ms"

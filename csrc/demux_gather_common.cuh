@@ -1,0 +1,85 @@
+// Pieces shared by the demux gather forward and backward kernels (CUDA headers only):
+// which rows a gather visits, and the forward recomputation of one row,
+// x = gelu(a + c) - mean, with 1 / sqrt(var + eps).
+#pragma once
+
+#include <cstdint>
+
+#include "demux_gather_fwd.h"
+#include "device_utils.cuh"
+
+namespace muxkernels {
+namespace detail {
+
+// The rows (g, tt) of a gather, tt in [0, t_out): row tt reads c[g, t0 + tt]. Token and
+// selected gathers visit every position (t0 = 0, t_out = len); the sequence gather one
+// (t0 = sequence_position, t_out = 1).
+struct GatherRows {
+  int64_t t0;
+  int64_t t_out;
+};
+
+inline GatherRows gather_rows(const DemuxGatherArgs& args) {
+  if (args.gather == Gather::kSequence) return GatherRows{args.sequence_position, 1};
+  return GatherRows{0, args.len};
+}
+
+// The LayerNorm input of one row, centered: pre = a[a_row + k] + c[k], x = gelu(pre) -
+// mean(gelu(pre)) over the valid packs (0 elsewhere); returns 1 / sqrt(var + eps), with
+// inv_d = 1 / d. The threads of the row call it together (row_sum).
+template <typename T, int VEC, int ITEMS>
+__device__ __forceinline__ float centered_gelu(const DeviceParam& a, int64_t a_row,
+                                               const float (&c)[ITEMS][VEC], int64_t packs,
+                                               float inv_d, float eps, float* red,
+                                               float (&pre)[ITEMS][VEC], float (&x)[ITEMS][VEC]) {
+  float s[1] = {0.0f};
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+      load_param<T, VEC>(a, a_row + pack_of(j) * VEC, pre[j]);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        pre[j][e] += c[j][e];
+        x[j][e] = gelu(pre[j][e]);
+        s[0] += x[j][e];
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) pre[j][e] = x[j][e] = 0.0f;
+    }
+  }
+  row_sum(s, red);
+  const float mean = s[0] * inv_d;
+  float q[1] = {0.0f};
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        x[j][e] -= mean;
+        q[0] += x[j][e] * x[j][e];
+      }
+    }
+  }
+  row_sum(q, red);
+  return rsqrtf(q[0] * inv_d + eps);
+}
+
+// Loads row `row` (d elements of T, VEC-aligned on the vector path) into x, 0 for the
+// packs past the end.
+template <typename T, int VEC, int ITEMS, typename Acc>
+__device__ __forceinline__ void load_row(const StorageOf<T>* __restrict__ row, int64_t packs,
+                                         Acc (&x)[ITEMS][VEC]) {
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+      load_acc<T, VEC>(row + pack_of(j) * VEC, x[j]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) x[j][e] = Acc(0);
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace muxkernels
