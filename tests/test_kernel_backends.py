@@ -188,3 +188,20 @@ def test_on_gpu_forward_and_gradients_match_reference(case, backend, dtype):
             torch.testing.assert_close(
                 got.float() / scale, want.float() / scale, rtol=tol, atol=tol
             )
+
+
+@pytest.mark.parametrize("backend", BACKENDS_OF["index_demux_logits"])
+def test_logits_wider_than_the_fused_projection(backend):
+    """K = 70 > 64 columns: the demux kernel writes u and a Linear follows."""
+    if not runnable("index_demux_logits", backend):
+        pytest.skip(f"{backend} cannot run index_demux_logits here")
+    x = _inputs(torch.float64)
+    x["pw"] = _randn(70, D, dtype=torch.float64, seed=20, scale=D**-0.5)
+    x["pb"] = _randn(70, dtype=torch.float64, seed=21)
+    leaves = [x[k].requires_grad_() for k in ("hid", "w2", "pw", "pb")]
+    case = CASES["index_demux_logits-token"]
+    got, want = case(x, backend), case(x, "reference")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    grads = [torch.autograd.grad(out.sum(), leaves) for out in (got, want)]
+    for g, w in zip(*grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)

@@ -75,6 +75,17 @@ def run_index_demux(**overrides):
     return muxkernels.index_demux(**(args | overrides))
 
 
+def run_index_demux_logits(**overrides):
+    args = {
+        "hidden": floats(GROUPS, PREFIXED, D),
+        **index_params(),
+        "proj_weight": floats(3, D),
+        "proj_bias": floats(3),
+        "num_instances": N,
+    }
+    return muxkernels.index_demux_logits(**(args | overrides))
+
+
 def run_index_pos_demux(**overrides):
     args = {"hidden": floats(GROUPS, L, D), "keys": floats(N, D), **index_params()}
     return muxkernels.index_pos_demux(**(args | overrides))
@@ -925,11 +936,53 @@ PAD_BATCH = [
 ]
 
 
+INDEX_DEMUX_LOGITS = [
+    *demux_common(run_index_demux_logits, PREFIXED, N),
+    case(
+        "proj_weight-rank-1",
+        run_index_demux_logits,
+        {"proj_weight": floats(D)},
+        ValueError,
+        "proj_weight must have shape (K, d), got rank 1 shape (4,)",
+    ),
+    case(
+        "proj_weight-wrong-d",
+        run_index_demux_logits,
+        {"proj_weight": floats(3, D + 1)},
+        ValueError,
+        "proj_weight must have shape (3, 4) (d=4), got (3, 5)",
+    ),
+    case(
+        "proj_weight-empty",
+        run_index_demux_logits,
+        {"proj_weight": floats(0, D)},
+        ValueError,
+        "proj_weight is empty (shape (0, 4))",
+    ),
+    case(
+        "proj_bias-wrong-shape",
+        run_index_demux_logits,
+        {"proj_bias": floats(4)},
+        ValueError,
+        "proj_bias must have shape (3,)",
+        "got (4,)",
+    ),
+    case(
+        "proj_bias-other-dtype",
+        run_index_demux_logits,
+        {"hidden": floats(GROUPS, PREFIXED, D, dtype=F16), "proj_bias": floats(3, dtype=BF16)},
+        TypeError,
+        "proj_bias has dtype torch.bfloat16",
+    ),
+]
+
+
 REJECTED = {
     "hadamard_mux": HADAMARD,
     "ortho_mux": ORTHO,
     "lowrank_ortho_mux": LOWRANK,
     "index_demux": INDEX_DEMUX,
+    "index_demux_logits": INDEX_DEMUX_LOGITS,
     "index_pos_demux": INDEX_POS_DEMUX,
     "mlp_demux": MLP_DEMUX,
     "add_index_prefix": ADD_INDEX_PREFIX,
