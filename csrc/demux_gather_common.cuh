@@ -32,7 +32,6 @@ __device__ __forceinline__ float centered_gelu(const DeviceParam& a, int64_t a_r
                                                const float (&c)[ITEMS][VEC], int64_t packs,
                                                float inv_d, float eps, float* red,
                                                float (&pre)[ITEMS][VEC], float (&x)[ITEMS][VEC]) {
-  float s[1] = {0.0f};
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
     if (pack_of(j) < packs) {
@@ -41,28 +40,13 @@ __device__ __forceinline__ float centered_gelu(const DeviceParam& a, int64_t a_r
       for (int e = 0; e < VEC; ++e) {
         pre[j][e] += c[j][e];
         x[j][e] = gelu(pre[j][e]);
-        s[0] += x[j][e];
       }
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) pre[j][e] = x[j][e] = 0.0f;
     }
   }
-  row_sum(s, red);
-  const float mean = s[0] * inv_d;
-  float q[1] = {0.0f};
-#pragma unroll
-  for (int j = 0; j < ITEMS; ++j) {
-    if (pack_of(j) < packs) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        x[j][e] -= mean;
-        q[0] += x[j][e] * x[j][e];
-      }
-    }
-  }
-  row_sum(q, red);
-  return rsqrtf(q[0] * inv_d + eps);
+  return center_row(x, packs, inv_d, eps, red);
 }
 
 // Loads row `row` (d elements of T, VEC-aligned on the vector path) into x, 0 for the

@@ -1,7 +1,7 @@
 // Device-side building blocks shared by the kernel files of csrc/ (CUDA headers only, no
 // torch/ATen): element traits, 16-byte packs, parameters in the data's dtype or float32,
-// gelu, row reductions, the row layout of the LayerNorm kernels, and the dispatch helpers
-// that turn run-time choices into template arguments.
+// gelu, row reductions and LayerNorm statistics, the row layout of the LayerNorm kernels,
+// and the dispatch helpers that turn run-time choices into template arguments.
 #pragma once
 
 #include <cstdint>
@@ -280,6 +280,35 @@ inline bool choose_row_layout(int64_t packs, int max_items, RowLayout* layout) {
 // Pack j of this thread: threadIdx.x + j * blockDim.x.
 __device__ __forceinline__ int64_t pack_of(int j) {
   return static_cast<int64_t>(threadIdx.x) + static_cast<int64_t>(j) * blockDim.x;
+}
+
+// The LayerNorm statistics of a row in registers, two-pass: x <- x - mean over the valid
+// packs (the others hold 0 and keep it); returns 1 / sqrt(var + eps), with inv_d = 1 / d.
+// The threads of the row call it together (row_sum).
+template <int VEC, int ITEMS>
+__device__ __forceinline__ float center_row(float (&x)[ITEMS][VEC], int64_t packs, float inv_d,
+                                            float eps, float* red) {
+  float s[1] = {0.0f};
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) s[0] += x[j][e];  // invalid packs hold 0
+  }
+  row_sum(s, red);
+  const float mean = s[0] * inv_d;
+  float q[1] = {0.0f};
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        x[j][e] -= mean;
+        q[0] += x[j][e] * x[j][e];
+      }
+    }
+  }
+  row_sum(q, red);
+  return rsqrtf(q[0] * inv_d + eps);
 }
 
 // ---------------------------------------------------------------------------

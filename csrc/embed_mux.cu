@@ -55,27 +55,7 @@ struct Params {
 template <int VEC, int ITEMS>
 __device__ __forceinline__ void normalize(float (&x)[ITEMS][VEC], int64_t packs, float inv_d,
                                           float eps, float* red) {
-  float s[1] = {0.0f};
-#pragma unroll
-  for (int j = 0; j < ITEMS; ++j) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) s[0] += x[j][e];  // invalid packs hold 0
-  }
-  detail::row_sum(s, red);
-  const float mean = s[0] * inv_d;
-  float q[1] = {0.0f};
-#pragma unroll
-  for (int j = 0; j < ITEMS; ++j) {
-    if (pack_of(j) < packs) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        x[j][e] -= mean;
-        q[0] += x[j][e] * x[j][e];
-      }
-    }
-  }
-  detail::row_sum(q, red);
-  const float rstd = rsqrtf(q[0] * inv_d + eps);
+  const float rstd = detail::center_row(x, packs, inv_d, eps, red);
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
 #pragma unroll

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 import triton
 import triton.language as tl
+from triton_checks import mlp_reference
 
 import muxkernels._triton
 from muxkernels import reference as ref
@@ -205,17 +206,6 @@ MLP_CASES = [
     pytest.param((1, 1, 1, 5), id="B1-N1-L1-d5"),
     pytest.param((2, 3, 5, 5), id="B2-N3-L5-d5"),
 ]
-
-
-def mlp_reference(pre, bias, ln_weight, ln_bias, eps):
-    """SPEC section 4 from pre = h @ W_stackᵀ: u[:, i] = LN_i(gelu(pre[..., i·d:(i+1)·d] + b_i))."""
-    groups, length, _ = pre.shape
-    n, d = bias.shape
-    z = pre.view(groups, length, n, d).transpose(1, 2) + bias[:, None, :]
-    branches = [
-        F.layer_norm(F.gelu(z[:, i]), (d,), ln_weight[i], ln_bias[i], eps) for i in range(n)
-    ]
-    return torch.stack(branches, dim=1)
 
 
 def mlp_inputs(randn, case, dtype):

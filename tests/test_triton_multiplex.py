@@ -25,7 +25,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 if not _triton.load():
     pytest.skip(f"triton is unavailable: {_triton.load_error()!r}", allow_module_level=True)
 
-from muxkernels._triton import hadamard_mux, ortho_mux
+from triton_checks import multiplex_tables
 
 SHAPES = [
     pytest.param(groups, n, length, d, id=f"G{groups}-N{n}-L{length}-d{d}")
@@ -48,22 +48,7 @@ DTYPES = [
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}
 ATOL = {torch.float64: 1e-300, torch.float32: 1e-38, torch.float16: 2.0**-24}
 
-KINDS = ("hadamard", "ortho", "lowrank")
-FORWARD = {
-    "hadamard": (hadamard_mux.hadamard_mux_fwd, ref.hadamard_mux),
-    "ortho": (ortho_mux.ortho_mux_fwd, ref.ortho_mux),
-    "lowrank": (ortho_mux.lowrank_ortho_mux_fwd, ref.lowrank_ortho_mux),
-}
-BACKWARD = {
-    "hadamard": hadamard_mux.hadamard_mux_bwd,
-    "ortho": ortho_mux.ortho_mux_bwd,
-    "lowrank": ortho_mux.lowrank_ortho_mux_bwd,
-}
-OPS = {
-    "hadamard": ("hadamard_mux_fwd_triton", "hadamard_mux_bwd_triton"),
-    "ortho": ("ortho_mux_fwd_triton", "ortho_mux_bwd_triton"),
-    "lowrank": ("lowrank_ortho_mux_fwd_triton", "lowrank_ortho_mux_bwd_triton"),
-}
+KINDS, FORWARD, BACKWARD, OPS = multiplex_tables()
 
 
 def make_params(kind: str, randn, n: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

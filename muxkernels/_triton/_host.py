@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 
 import torch
 import triton.language as tl
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def interpreting(device: torch.device) -> bool:
@@ -41,3 +44,34 @@ def check_contiguous(**tensors: torch.Tensor | None) -> None:
     for name, t in tensors.items():
         if t is not None and not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)})")
+
+
+def check_grad(name: str, grad: torch.Tensor, expected: tuple[int, ...]) -> None:
+    """An incoming gradient must have its output's shape ``expected``, a float dtype, and be
+    contiguous."""
+    if tuple(grad.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(grad.shape)}")
+    if grad.dtype not in FLOATS:
+        raise ValueError(f"{name} must be a float tensor, got {grad.dtype}")
+    check_contiguous(**{name: grad})
+
+
+def outputs(
+    given: Sequence[torch.Tensor | None],
+    likes: Sequence[torch.Tensor],
+    asked: Sequence[bool] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """The launcher's outputs: given[k] where not None, else a new tensor like likes[k], or an
+    empty (0,) one where asked[k] is False (a gradient not asked for)."""
+    asked = (True,) * len(likes) if asked is None else asked
+    return tuple(
+        (torch.empty_like(like) if want else like.new_empty((0,))) if out is None else out
+        for out, like, want in zip(given, likes, asked, strict=True)
+    )
+
+
+def zeroed(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The tensors, filled with 0 (the gradients of an empty input)."""
+    for t in tensors:
+        t.zero_()
+    return tensors

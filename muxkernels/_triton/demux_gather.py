@@ -18,7 +18,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, on_device, tl_dtype
+from ._host import (
+    FLOATS,
+    acc_dtype,
+    check_contiguous,
+    check_grad,
+    on_device,
+    outputs,
+    tl_dtype,
+    zeroed,
+)
 from ._math import (
     check_width,
     gelu,
@@ -35,7 +44,6 @@ from ._registry import triton_op
 
 GATHER_CODES = {"token": 0, "sequence": 1, "selected": 2}
 MAX_PROJECTION = 64  # widest output projection demux_project_fwd takes
-FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # --- kernels ------------------------------------------------------------------------------
@@ -393,22 +401,10 @@ def demux_gather_bwd(
     Each gradient has the dtype of its tensor (written into the given outputs if any).
     """
     _check_args(a, c, ln_weight, ln_bias, gather, index, sequence_position)
-    expected = _out_shape(a, c, gather, c.shape[2])
-    if tuple(grad_u.shape) != expected:
-        raise ValueError(f"grad_u must have shape {expected}, got {tuple(grad_u.shape)}")
-    if grad_u.dtype not in FLOATS:
-        raise ValueError(f"grad_u must be a float tensor, got {grad_u.dtype}")
-    check_contiguous(grad_u=grad_u)
-    grads = (
-        torch.empty_like(a) if da is None else da,
-        torch.empty_like(c) if dc is None else dc,
-        torch.empty_like(ln_weight) if d_ln_weight is None else d_ln_weight,
-        torch.empty_like(ln_bias) if d_ln_bias is None else d_ln_bias,
-    )
+    check_grad("grad_u", grad_u, _out_shape(a, c, gather, c.shape[2]))
+    grads = outputs((da, dc, d_ln_weight, d_ln_bias), (a, c, ln_weight, ln_bias))
     if grad_u.numel() == 0:
-        for grad in grads:
-            grad.zero_()
-        return grads
+        return zeroed(grads)
     with on_device(c):
         if gather == "token":
             _token_bwd(grad_u, a, c, ln_weight, eps, *grads)

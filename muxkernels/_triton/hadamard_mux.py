@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, interpreting, tl_dtype
+from ._host import acc_dtype, check_contiguous, interpreting, outputs, tl_dtype, zeroed
 from ._registry import triton_op
 
 # Elements of E one program handles per instance on the GPU (rows × features).
@@ -173,12 +173,11 @@ def hadamard_mux_bwd(
     asked). ``d_embeddings``/``d_vectors``: optional preallocated outputs.
     """
     check_contiguous(grad_out=grad_out, embeddings=embeddings, vectors=vectors)
-    if d_embeddings is None:
-        d_embeddings = torch.empty_like(embeddings)
-    if d_vectors is None:
-        d_vectors = torch.empty_like(vectors) if vectors_grad else vectors.new_empty((0,))
+    d_embeddings, d_vectors = outputs(
+        (d_embeddings, d_vectors), (embeddings, vectors), asked=(True, vectors_grad)
+    )
     if d_embeddings.numel() == 0:
-        return d_embeddings, d_vectors.zero_()
+        return zeroed((d_embeddings, d_vectors))
     layout = _layout(embeddings)
     rows, d, num = layout["rows"], layout["d"], layout["num"]
     acc = acc_dtype(grad_out, embeddings, vectors)

@@ -16,7 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, on_device, tl_dtype
+from ._host import (
+    FLOATS,
+    acc_dtype,
+    check_contiguous,
+    check_grad,
+    on_device,
+    outputs,
+    tl_dtype,
+    zeroed,
+)
 from ._math import (
     check_width,
     gelu_layer_norm,
@@ -29,8 +38,6 @@ from ._math import (
     store_vector,
 )
 from ._registry import triton_op
-
-FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
@@ -175,22 +182,10 @@ def mlp_demux_bwd(
     """
     n, d = _check_args(pre, bias, ln_weight, ln_bias)
     groups, length, _ = pre.shape
-    expected = (groups, n, length, d)
-    if tuple(grad_u.shape) != expected:
-        raise ValueError(f"grad_u must have shape {expected}, got {tuple(grad_u.shape)}")
-    if grad_u.dtype not in FLOATS:
-        raise ValueError(f"grad_u must be a float tensor, got {grad_u.dtype}")
-    check_contiguous(grad_u=grad_u)
-    grads = (
-        torch.empty_like(pre) if d_pre is None else d_pre,
-        torch.empty_like(bias) if d_bias is None else d_bias,
-        torch.empty_like(ln_weight) if d_ln_weight is None else d_ln_weight,
-        torch.empty_like(ln_bias) if d_ln_bias is None else d_ln_bias,
-    )
+    check_grad("grad_u", grad_u, (groups, n, length, d))
+    grads = outputs((d_pre, d_bias, d_ln_weight, d_ln_bias), (pre, bias, ln_weight, ln_bias))
     if grad_u.numel() == 0:
-        for grad in grads:
-            grad.zero_()
-        return grads
+        return zeroed(grads)
     rows = groups * length
     acc = acc_dtype(grad_u, pre, bias, ln_weight, ln_bias)
     block_lo, block_hi, block_r, num_warps = row_tiles(d, rows, acc, backward=True)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, interpreting, tl_dtype
+from ._host import acc_dtype, check_contiguous, interpreting, outputs, tl_dtype
 from ._registry import triton_op
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -269,10 +269,9 @@ def ortho_mux_bwd(
     """
     check_contiguous(grad_out=grad_out, embeddings=embeddings, matrices=matrices)
     groups, num, length, d = embeddings.shape
-    if d_embeddings is None:
-        d_embeddings = torch.empty_like(embeddings)
-    if d_matrices is None:
-        d_matrices = torch.empty_like(matrices) if matrices_grad else matrices.new_empty((0,))
+    d_embeddings, d_matrices = outputs(
+        (d_embeddings, d_matrices), (embeddings, matrices), asked=(True, matrices_grad)
+    )
     dot = _dot_dtype(embeddings, matrices)
     _gemm(
         (grad_out, (length * d, d, 0, 1, 0)),  # dx[g,t,j]: m=(g,t), k=j
@@ -365,12 +364,9 @@ def lowrank_ortho_mux_bwd(
     check_contiguous(grad_out=grad_out, embeddings=embeddings, u=u, h=h)
     groups, num, length, d = embeddings.shape
     rows, width = groups * length, d // num
-    if d_embeddings is None:
-        d_embeddings = torch.empty_like(embeddings)
-    if d_u is None:
-        d_u = torch.empty_like(u) if factors_grad else u.new_empty((0,))
-    if d_h is None:
-        d_h = torch.empty_like(h) if factors_grad else h.new_empty((0,))
+    d_embeddings, d_u, d_h = outputs(
+        (d_embeddings, d_u, d_h), (embeddings, u, h), asked=(True, factors_grad, factors_grad)
+    )
     dot = _dot_dtype(embeddings, u, h)
     dy = _intermediate(embeddings, dot)
     _gemm(

@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from muxkernels import _extension
+from cuda_checks import require_cuda_extension
 
 pytestmark = [pytest.mark.gpu, pytest.mark.extension]
 
-# Raises ImportError here (a collection error) when MUXKERNELS_REQUIRE_EXTENSION=1.
-HAVE_EXTENSION = _extension.load()
-if not torch.cuda.is_available():
-    pytest.skip("needs a CUDA device", allow_module_level=True)
-if not HAVE_EXTENSION:
-    pytest.skip(
-        f"muxkernels._C is not built ({_extension.load_error()!r})", allow_module_level=True
-    )
+require_cuda_extension()
 
 DEVICE = torch.device("cuda")
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from triton_checks import mlp_reference
 
 from muxkernels import reference as ref
 
@@ -105,17 +105,6 @@ def test_project_forward(kernels, shape, dtype, gather):
     u = ref.demux_gather(*f32(a, c, w, b), EPS, gather, index, shape[1])
     assert logits.dtype == dtype
     assert_close(logits, u @ pw.float().T + pb.float(), TOL[dtype])
-
-
-def mlp_reference(pre, bias, ln_weight, ln_bias, eps):
-    """SPEC section 4 from pre = h @ W_stackᵀ: u[:, i] = LN_i(gelu(pre[..., i·d:(i+1)·d] + b_i))."""
-    groups, length, _ = pre.shape
-    n, d = bias.shape
-    z = pre.view(groups, length, n, d).transpose(1, 2) + bias[:, None, :]
-    branches = [
-        F.layer_norm(F.gelu(z[:, i]), (d,), ln_weight[i], ln_bias[i], eps) for i in range(n)
-    ]
-    return torch.stack(branches, dim=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

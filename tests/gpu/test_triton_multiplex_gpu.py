@@ -30,7 +30,7 @@ pytestmark = [
 if not _triton.load():
     pytest.skip(f"triton is unavailable: {_triton.load_error()!r}", allow_module_level=True)
 
-from muxkernels._triton import hadamard_mux, ortho_mux  # noqa: E402 (after the skips)
+from triton_checks import multiplex_tables  # noqa: E402 (after the skips)
 
 DEVICE = torch.device("cuda")
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -42,22 +42,7 @@ DTYPES = [
     pytest.param(torch.float16, torch.float16, id="float16"),
     pytest.param(torch.float32, torch.float32, id="float32"),
 ]
-KINDS = ("hadamard", "ortho", "lowrank")
-FORWARD = {
-    "hadamard": (hadamard_mux.hadamard_mux_fwd, ref.hadamard_mux),
-    "ortho": (ortho_mux.ortho_mux_fwd, ref.ortho_mux),
-    "lowrank": (ortho_mux.lowrank_ortho_mux_fwd, ref.lowrank_ortho_mux),
-}
-BACKWARD = {
-    "hadamard": hadamard_mux.hadamard_mux_bwd,
-    "ortho": ortho_mux.ortho_mux_bwd,
-    "lowrank": ortho_mux.lowrank_ortho_mux_bwd,
-}
-OPS = {
-    "hadamard": ("hadamard_mux_fwd_triton", "hadamard_mux_bwd_triton"),
-    "ortho": ("ortho_mux_fwd_triton", "ortho_mux_bwd_triton"),
-    "lowrank": ("lowrank_ortho_mux_fwd_triton", "lowrank_ortho_mux_bwd_triton"),
-}
+KINDS, FORWARD, BACKWARD, OPS = multiplex_tables()
 
 
 @pytest.fixture
