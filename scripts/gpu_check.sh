@@ -6,10 +6,12 @@
 # 1. prints the device (nvidia-smi), nvcc and the python/torch/triton versions;
 # 2. builds muxkernels._C in place with all cores (pip, offline: --no-deps --no-index
 #    --no-build-isolation), timing the build;
-# 3. runs `pytest -m "gpu or extension" tests` with MUXKERNELS_REQUIRE_EXTENSION=1, so a
+# 3. runs the public ops on every kernel backend on CUDA (tests marked gpu in
+#    test_kernel_backends.py and test_compile.py), with MUXKERNELS_REQUIRE_EXTENSION=1 so a
 #    missing extension fails instead of skipping;
-# 4. runs benchmarks/bench_ops.py on the ops and N of the targets, printing each op's table
-#    as soon as it is measured, so a timeout still leaves the tables finished by then.
+# 4. runs benchmarks/bench_ops.py on the ops, N and modes of the targets, printing each
+#    table as soon as it is measured, so a timeout still leaves the tables finished by then;
+# 5. runs the kernel-level GPU tests (tests/gpu) with the time that is left.
 # Logs go to $OUT (when set) or ./gpu_check_out: build.log, tests.log, bench.txt, and
 # summary.txt (one line per step). Every step has a timeout and the whole script stays
 # under 6 minutes; it exits non-zero if any step failed.
@@ -85,23 +87,30 @@ step build 200 "$LOG_DIR/build.log" \
 grep -E "muxkernels setup:|\[[0-9]+/[0-9]+\]|error" "$LOG_DIR/build.log" | cut -c1-300 | tail -n 20 || true
 
 if ((build_ok)); then
-    step tests 200 "$LOG_DIR/tests.log" \
-        env MUXKERNELS_REQUIRE_EXTENSION=1 \
-        python -m pytest -m "gpu or extension" tests -q -ra --durations=10 -p no:cacheprovider ||
-        true
+    # 1. every public op x kernel backend on CUDA (fwd and grads) and inductor: quick, first
+    step public-ops 90 "$LOG_DIR/public_ops.log" \
+        env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest -m gpu -q -ra -p no:cacheprovider \
+        tests/test_kernel_backends.py tests/test_compile.py || true
+    tail -n 15 "$LOG_DIR/public_ops.log"
+    # 2. the targets, one table each (bf16): copy-bound mux, GEMM-bound ortho, the demux
+    #    write floor and its fwd+bwd against torch.compile, the fused front end
+    step bench-hadamard 60 "$LOG_DIR/bench_hadamard.txt" \
+        python benchmarks/bench_ops.py --ops hadamard_mux --n 10 40 --modes fwd || true
+    step bench-index-demux 60 "$LOG_DIR/bench_index_demux.txt" \
+        python benchmarks/bench_ops.py --ops index_demux --n 40 --modes fwd fwd+bwd || true
+    step bench-ortho 40 "$LOG_DIR/bench_ortho.txt" \
+        python benchmarks/bench_ops.py --ops ortho_mux --n 10 --modes fwd || true
+    step bench-embed 40 "$LOG_DIR/bench_embed.txt" \
+        python benchmarks/bench_ops.py --ops embed_mux --n 40 --modes fwd || true
+    cat "$LOG_DIR"/bench_*.txt
+    # 3. the kernel-level GPU tests with what time is left
+    step gpu-tests 200 "$LOG_DIR/tests.log" \
+        env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest tests/gpu -q -ra -p no:cacheprovider \
+        --durations=10 || true
     tail -n 40 "$LOG_DIR/tests.log"
 else
-    echo "tests: not run (build failed)" | tee -a "$SUMMARY"
+    echo "tests and bench: not run (build failed)" | tee -a "$SUMMARY"
     tail -n 40 "$LOG_DIR/build.log"
-fi
-
-BENCH_ARGS=(--n 10 40 --ops hadamard_mux index_demux index_demux_logits ortho_mux embed_mux
-    mlp_demux lowrank_ortho_mux index_pos_demux)
-if ((build_ok)); then
-    step bench 300 "$LOG_DIR/bench.txt" python benchmarks/bench_ops.py "${BENCH_ARGS[@]}" || true
-    tail -n 80 "$LOG_DIR/bench.txt"
-else
-    echo "bench: not run (build failed)" | tee -a "$SUMMARY"
 fi
 
 echo "=== summary (${SECONDS}s in all; logs in $LOG_DIR) ==="
