@@ -31,3 +31,19 @@ def test_every_op_and_mode_gives_a_row_per_implementation(op, monkeypatch):
     assert all(math.isnan(r.vs_compiled) for r in rows)
     assert format_table(rows).count("\n") == len(rows)
     assert not logged
+
+
+def test_bench_ops_script_runs_on_cpu():
+    """benchmarks/bench_ops.py end to end (the reference paths, tiny sizes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ops.py"
+    args = ["--device", "cpu", "--small", "--ops", "index_demux", "--n", "2", "--modes", "fwd"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kernel timings need a GPU" in done.stdout
+    assert "concat" in done.stdout and "eager" in done.stdout
