@@ -101,7 +101,8 @@ class DemuxGatherProject(torch.autograd.Function):
         u = _opdefs.kernel("demux_gather_fwd", backend)(
             *args, eps, gather, index, sequence_position
         )
-        return F.linear(u, proj_weight, proj_bias)
+        bias = None if proj_bias is None else proj_bias.to(u.dtype)
+        return F.linear(u, proj_weight.to(u.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
