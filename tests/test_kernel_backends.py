@@ -129,3 +129,22 @@ def test_half_data_with_float32_parameters(case, backend):
     assert got.dtype == want.dtype == torch.float16
     scale = want.float().abs().max()
     torch.testing.assert_close(got.float() / scale, want.float() / scale, rtol=4e-3, atol=4e-3)
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous tensor (a slice of a row-padded buffer)."""
+    if not t.is_floating_point():
+        return t
+    padded = torch.full((*t.shape[:-1], t.shape[-1] + 3), float("nan"), dtype=t.dtype)
+    padded[..., : t.shape[-1]] = t
+    return padded[..., : t.shape[-1]]
+
+
+@pytest.mark.parametrize(("case", "backend"), PARAMS)
+def test_non_contiguous_inputs(case, backend):
+    """Every floating input a strided view (NaN in the gaps): same result as contiguous."""
+    _skip_unless_runnable(case, backend)
+    x = inputs(torch.float64)
+    strided = {k: _strided(v) for k, v in x.items()}
+    assert not strided["hid"].is_contiguous()
+    torch.testing.assert_close(CASES[case](strided, backend), CASES[case](x, "reference"))
