@@ -28,31 +28,37 @@ def randn(*shape: int, dtype: torch.dtype, seed: int, scale: float = 1.0) -> tor
     return (scale * torch.randn(*shape, generator=_gen(seed), dtype=torch.float64)).to(dtype)
 
 
-def inputs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Random inputs (never zero) of every case, seeded, in ``dtype``; ids are int64."""
-    length = L + N + 1
+def inputs(
+    dtype: torch.dtype, n: int = N, d: int = D, length: int = L, groups: int = GROUPS
+) -> dict[str, torch.Tensor]:
+    """Random inputs (never zero) of every case, seeded, in ``dtype``; ids are int64.
+
+    N = n instances, hidden size d, L = ``length`` positions (L' = L + N + 1 with the
+    index prefix), B' = ``groups``.
+    """
+    prefixed = length + n + 1
     return {
-        "emb": randn(GROUPS * N, L, D, dtype=dtype, seed=0),
-        "vec": transforms.gaussian_vectors(N, D, generator=0, dtype=dtype),
-        "mats": transforms.ortho_matrices(N, D, generator=1, dtype=dtype),
-        "u": transforms.ortho_matrices(2, D, generator=2, dtype=dtype)[0],
-        "h": transforms.ortho_matrices(2, D, generator=2, dtype=dtype)[1],
-        "hid": randn(GROUPS, length, D, dtype=dtype, seed=3),
-        "w2": randn(D, 2 * D, dtype=dtype, seed=4, scale=D**-0.5),
-        "b": randn(D, dtype=dtype, seed=5),
-        "lw": randn(D, dtype=dtype, seed=6),
-        "lb": randn(D, dtype=dtype, seed=7),
-        "keys": randn(N, D, dtype=dtype, seed=8),
-        "wm": randn(N, D, D, dtype=dtype, seed=9, scale=D**-0.5),
-        "bm": randn(N, D, dtype=dtype, seed=10),
-        "lwm": randn(N, D, dtype=dtype, seed=11),
-        "lbm": randn(N, D, dtype=dtype, seed=12),
-        "pw": randn(K, D, dtype=dtype, seed=13, scale=D**-0.5),
+        "emb": randn(groups * n, length, d, dtype=dtype, seed=0),
+        "vec": transforms.gaussian_vectors(n, d, generator=0, dtype=dtype),
+        "mats": transforms.ortho_matrices(n, d, generator=1, dtype=dtype),
+        "u": transforms.ortho_matrices(2, d, generator=2, dtype=dtype)[0],
+        "h": transforms.ortho_matrices(2, d, generator=2, dtype=dtype)[1],
+        "hid": randn(groups, prefixed, d, dtype=dtype, seed=3),
+        "w2": randn(d, 2 * d, dtype=dtype, seed=4, scale=d**-0.5),
+        "b": randn(d, dtype=dtype, seed=5),
+        "lw": randn(d, dtype=dtype, seed=6),
+        "lb": randn(d, dtype=dtype, seed=7),
+        "keys": randn(n, d, dtype=dtype, seed=8),
+        "wm": randn(n, d, d, dtype=dtype, seed=9, scale=d**-0.5),
+        "bm": randn(n, d, dtype=dtype, seed=10),
+        "lwm": randn(n, d, dtype=dtype, seed=11),
+        "lbm": randn(n, d, dtype=dtype, seed=12),
+        "pw": randn(K, d, dtype=dtype, seed=13, scale=d**-0.5),
         "pb": randn(K, dtype=dtype, seed=14),
-        "tables": randn(11, D, dtype=dtype, seed=15),
-        "tok": torch.randint(0, 11, (GROUPS * N, L), generator=_gen(16)),
-        "index": torch.randint(0, N, (GROUPS, length), generator=_gen(17)),
-        "index_pos": torch.randint(0, N, (GROUPS, length), generator=_gen(18)),
+        "tables": randn(11, d, dtype=dtype, seed=15),
+        "tok": torch.randint(0, 11, (groups * n, length), generator=_gen(16)),
+        "index": torch.randint(0, n, (groups, prefixed), generator=_gen(17)),
+        "index_pos": torch.randint(0, n, (groups, prefixed), generator=_gen(18)),
     }
 
 
@@ -65,7 +71,7 @@ CASES = {
     "hadamard_mux": lambda x, be: mk.hadamard_mux(x["emb"], x["vec"], backend=be),
     "ortho_mux": lambda x, be: mk.ortho_mux(x["emb"], x["mats"], backend=be),
     "lowrank_ortho_mux": lambda x, be: mk.lowrank_ortho_mux(
-        x["emb"], x["u"], x["h"], num_instances=N, backend=be
+        x["emb"], x["u"], x["h"], num_instances=x["vec"].shape[0], backend=be
     ),
     "mlp_demux": lambda x, be: mk.mlp_demux(
         x["hid"], x["wm"], x["bm"], x["lwm"], x["lbm"], backend=be
@@ -81,7 +87,7 @@ for _gather in ("token", "sequence", "selected"):
         x["b"],
         x["lw"],
         x["lb"],
-        num_instances=N,
+        num_instances=x["vec"].shape[0],
         backend=be,
         **_demux_kwargs(x, g),
     )
@@ -93,7 +99,7 @@ for _gather in ("token", "sequence", "selected"):
         x["lb"],
         x["pw"],
         x["pb"],
-        num_instances=N,
+        num_instances=x["vec"].shape[0],
         backend=be,
         **_demux_kwargs(x, g),
     )

@@ -148,3 +148,18 @@ def test_non_contiguous_inputs(case, backend):
     strided = {k: _strided(v) for k, v in x.items()}
     assert not strided["hid"].is_contiguous()
     torch.testing.assert_close(CASES[case](strided, backend), CASES[case](x, "reference"))
+
+
+@pytest.mark.parametrize(("case", "backend"), PARAMS)
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param({"n": 1, "d": 5, "length": 1, "groups": 1}, id="N1-d5-L1-B1"),
+        pytest.param({"n": 4, "d": 33, "length": 3, "groups": 3}, id="N4-d33-L3-B3"),
+    ],
+)
+def test_odd_sizes(case, backend, sizes):
+    """N = 1, L = 1 (L' = N + 2), one group; and d = 33, N = 4 (d % N != 0 for low-rank)."""
+    _skip_unless_runnable(case, backend)
+    x = inputs(torch.float64, **sizes)
+    torch.testing.assert_close(CASES[case](x, backend), CASES[case](x, "reference"))
