@@ -12,7 +12,6 @@ e.g. token classes) inside the kernel, so u is never written in the forward pass
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import _opdefs
 from ..reference._common import compute_dtype
@@ -72,7 +71,7 @@ class DemuxGatherProject(torch.autograd.Function):
     """forward(a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index,
     sequence_position, backend) -> logits = u @ proj_weightᵀ + proj_bias.
 
-    With a backend that has ``demux_project_fwd`` the projection happens in the kernel and
+    The projection happens in the ``demux_project_fwd`` kernel of ``backend`` (K <= 64), so
     u is never written. backward recomputes u once, then gives the projection's gradients
     and da, dc, dγ, dβ through ``demux_gather_bwd``.
     """
@@ -94,15 +93,9 @@ class DemuxGatherProject(torch.autograd.Function):
     ) -> torch.Tensor:
         args = (a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous())
         _save(ctx, *args, eps, gather, index, sequence_position, backend, proj_weight, proj_bias)
-        if _opdefs.has_operator(PROJECT_KERNEL, backend):
-            return _opdefs.kernel(PROJECT_KERNEL, backend)(
-                *args, eps, gather, index, sequence_position, proj_weight.contiguous(), proj_bias
-            )
-        u = _opdefs.kernel("demux_gather_fwd", backend)(
-            *args, eps, gather, index, sequence_position
+        return _opdefs.kernel(PROJECT_KERNEL, backend)(
+            *args, eps, gather, index, sequence_position, proj_weight.contiguous(), proj_bias
         )
-        bias = None if proj_bias is None else proj_bias.to(u.dtype)
-        return F.linear(u, proj_weight.to(u.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):

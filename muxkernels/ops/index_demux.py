@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _backend, reference
+from .. import _backend, _opdefs, reference
 from .._checks import check_nonempty, check_num_instances, check_rank, check_tensor
 from ..reference import Gather
 from ..reference._common import compute_dtype
@@ -22,6 +22,7 @@ from .demux_gather import (
     KERNEL_BACKENDS,
     KERNELS,
     MAX_FUSED_PROJECTION,
+    PROJECT_KERNEL,
     DemuxGather,
     DemuxGatherProject,
 )
@@ -111,8 +112,9 @@ def index_demux_logits(
 ) -> torch.Tensor:
     """Index demux followed by a Linear: logits = index_demux(...) @ proj_weightᵀ + proj_bias.
 
-    With a kernel backend and K <= 64 output columns (token classes) the projection runs
-    inside the demux kernel, so the (…, d) u is never written in the forward pass.
+    With a backend that has the fused kernel (triton) and K <= 64 output columns (token
+    classes) the projection runs inside the demux kernel, so the (…, d) u is never written
+    in the forward pass; otherwise the demux kernel writes u and a Linear follows.
 
     Args:
         proj_weight: (K, d) projection (e.g. the token-classification ``decoder.weight``);
@@ -140,10 +142,10 @@ def index_demux_logits(
         return F.linear(u.to(ct), proj_weight.to(ct), bias_ct).to(hidden.dtype)
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
     index = _long(index)
-    if k > MAX_FUSED_PROJECTION:
-        u = DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, position, chosen)
-        bias_u = None if proj_bias is None else proj_bias.to(u.dtype)
-        return F.linear(u, proj_weight.to(u.dtype), bias_u)
-    return DemuxGatherProject.apply(
-        a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position, chosen
-    )
+    if k <= MAX_FUSED_PROJECTION and _opdefs.has_operator(PROJECT_KERNEL, chosen):
+        return DemuxGatherProject.apply(
+            a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position, chosen
+        )
+    u = DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, position, chosen)
+    bias_u = None if proj_bias is None else proj_bias.to(u.dtype)
+    return F.linear(u, proj_weight.to(u.dtype), bias_u)
