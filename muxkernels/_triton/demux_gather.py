@@ -23,7 +23,6 @@ from ._host import (
     acc_dtype,
     check_contiguous,
     check_grad,
-    on_device,
     outputs,
     tl_dtype,
     zeroed,
@@ -358,24 +357,23 @@ def demux_gather_fwd(
         return out
     idx, n, length, d, seq_pos, a_group_rows = _pair_args(a, c, index, gather, sequence_position)
     acc = acc_dtype(a, c, ln_weight, ln_bias)
-    with on_device(c):
-        if gather == "token":
-            block_lo, block_hi, block_t, num_warps = row_tiles(d, length, acc)
-            n_tiles = triton.cdiv(length, block_t)
-            _token_fwd_kernel[(c.shape[0] * n_tiles,)](
-                a, c, ln_weight, ln_bias, out, n, length, d, n_tiles, a_group_rows, eps,
-                BLOCK_T=block_t, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
-                num_warps=num_warps,
-            )  # fmt: skip
-        else:
-            rows = out.numel() // d
-            block_lo, block_hi, block_r, num_warps = row_tiles(d, rows, acc)
-            _rows_fwd_kernel[(triton.cdiv(rows, block_r),)](
-                a, c, idx, ln_weight, ln_bias, out,
-                rows, n, length, d, seq_pos, a_group_rows, eps,
-                GATHER=GATHER_CODES[gather], BLOCK_R=block_r, BLOCK_LO=block_lo,
-                BLOCK_HI=block_hi, ACC=tl_dtype(acc), num_warps=num_warps,
-            )  # fmt: skip
+    if gather == "token":
+        block_lo, block_hi, block_t, num_warps = row_tiles(d, length, acc)
+        n_tiles = triton.cdiv(length, block_t)
+        _token_fwd_kernel[(c.shape[0] * n_tiles,)](
+            a, c, ln_weight, ln_bias, out, n, length, d, n_tiles, a_group_rows, eps,
+            BLOCK_T=block_t, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
+            num_warps=num_warps,
+        )  # fmt: skip
+    else:
+        rows = out.numel() // d
+        block_lo, block_hi, block_r, num_warps = row_tiles(d, rows, acc)
+        _rows_fwd_kernel[(triton.cdiv(rows, block_r),)](
+            a, c, idx, ln_weight, ln_bias, out,
+            rows, n, length, d, seq_pos, a_group_rows, eps,
+            GATHER=GATHER_CODES[gather], BLOCK_R=block_r, BLOCK_LO=block_lo,
+            BLOCK_HI=block_hi, ACC=tl_dtype(acc), num_warps=num_warps,
+        )  # fmt: skip
     return out
 
 
@@ -405,11 +403,10 @@ def demux_gather_bwd(
     grads = outputs((da, dc, d_ln_weight, d_ln_bias), (a, c, ln_weight, ln_bias))
     if grad_u.numel() == 0:
         return zeroed(grads)
-    with on_device(c):
-        if gather == "token":
-            _token_bwd(grad_u, a, c, ln_weight, eps, *grads)
-        else:
-            _rows_bwd(grad_u, a, c, ln_weight, eps, gather, index, sequence_position, *grads)
+    if gather == "token":
+        _token_bwd(grad_u, a, c, ln_weight, eps, *grads)
+    else:
+        _rows_bwd(grad_u, a, c, ln_weight, eps, gather, index, sequence_position, *grads)
     return grads
 
 
@@ -517,16 +514,15 @@ def demux_project_fwd(
     block_r = max(16, min(32, triton.next_power_of_2(rows)))
     acc = acc_dtype(a, c, ln_weight, ln_bias, proj_weight, proj_bias)
     dot = c.dtype if c.dtype in (torch.float16, torch.bfloat16) and acc == torch.float32 else acc
-    with on_device(c):
-        _project_kernel[(triton.cdiv(rows, block_r),)](
-            a, c, idx, ln_weight, ln_bias, proj_weight,
-            proj_weight if proj_bias is None else proj_bias, out,
-            rows, n, length, d, k, seq_pos, a_group_rows, eps,
-            GATHER=GATHER_CODES[gather], HAS_BIAS=proj_bias is not None, BLOCK_R=block_r,
-            BLOCK_C=max(16, min(32, triton.next_power_of_2(d))),
-            BLOCK_K=max(16, triton.next_power_of_2(k)),
-            ACC=tl_dtype(acc), DOT=tl_dtype(dot), num_warps=8,
-        )  # fmt: skip
+    _project_kernel[(triton.cdiv(rows, block_r),)](
+        a, c, idx, ln_weight, ln_bias, proj_weight,
+        proj_weight if proj_bias is None else proj_bias, out,
+        rows, n, length, d, k, seq_pos, a_group_rows, eps,
+        GATHER=GATHER_CODES[gather], HAS_BIAS=proj_bias is not None, BLOCK_R=block_r,
+        BLOCK_C=max(16, min(32, triton.next_power_of_2(d))),
+        BLOCK_K=max(16, triton.next_power_of_2(k)),
+        ACC=tl_dtype(acc), DOT=tl_dtype(dot), num_warps=8,
+    )  # fmt: skip
     return out
 
 

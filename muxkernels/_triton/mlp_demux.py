@@ -21,7 +21,6 @@ from ._host import (
     acc_dtype,
     check_contiguous,
     check_grad,
-    on_device,
     outputs,
     tl_dtype,
     zeroed,
@@ -154,12 +153,11 @@ def mlp_demux_fwd(
     rows = groups * length
     acc = acc_dtype(pre, bias, ln_weight, ln_bias)
     block_lo, block_hi, block_r, num_warps = row_tiles(d, rows, acc)
-    with on_device(pre):
-        _mlp_fwd_kernel[(triton.cdiv(rows, block_r), n)](
-            pre, bias, ln_weight, ln_bias, out, rows, n, length, d, eps,
-            BLOCK_R=block_r, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
-            num_warps=num_warps,
-        )  # fmt: skip
+    _mlp_fwd_kernel[(triton.cdiv(rows, block_r), n)](
+        pre, bias, ln_weight, ln_bias, out, rows, n, length, d, eps,
+        BLOCK_R=block_r, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
+        num_warps=num_warps,
+    )  # fmt: skip
     return out
 
 
@@ -192,12 +190,11 @@ def mlp_demux_bwd(
     n_tiles = triton.cdiv(rows, block_r)
     programs = min(n_tiles, max(1, program_cap(pre.device) // n))
     parts = [pre.new_empty((programs, n, d), dtype=acc) for _ in range(3)]
-    with on_device(pre):
-        _mlp_bwd_kernel[(programs, n)](
-            grad_u, pre, bias, ln_weight, grads[0], *parts, rows, n, length, d, n_tiles, eps,
-            BLOCK_R=block_r, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
-            num_warps=num_warps,
-        )  # fmt: skip
+    _mlp_bwd_kernel[(programs, n)](
+        grad_u, pre, bias, ln_weight, grads[0], *parts, rows, n, length, d, n_tiles, eps,
+        BLOCK_R=block_r, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
+        num_warps=num_warps,
+    )  # fmt: skip
     for grad, part in zip(grads[1:], parts, strict=True):
         grad.copy_(part.sum(0))
     return grads
