@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import muxkernels
-from muxkernels import _backend, _extension, _triton
+from muxkernels import _backend, _extension, _opdefs, _triton
 
 N, D, L, GROUPS = 3, 4, 2, 2
 CPU = torch.device("cpu")
@@ -142,6 +142,19 @@ def test_auto_skips_a_backend_missing_an_operator(monkeypatch):
     monkeypatch.setattr(_backend, "usable", lambda backend, device: (True, ""))
     cuda = torch.device("cuda")
     assert _backend.resolve("op", "auto", cuda, ("cuda", "triton"), ("nothing",)) == "reference"
+
+
+@needs_extension
+def test_auto_prefers_the_fused_projection_for_logits(monkeypatch):
+    """index_demux_logits with K <= 64: auto picks the backend whose kernel never writes u."""
+    from muxkernels.ops import demux_gather as dg
+
+    _triton.load()
+    monkeypatch.setattr(_backend, "usable", lambda backend, device: (True, ""))
+    cuda = torch.device("cuda")
+    assert _backend.resolve("index_demux", "auto", cuda, dg.KERNEL_BACKENDS, dg.KERNELS) == "cuda"
+    fused = _backend.resolve("index_demux", "auto", cuda, dg.PROJECT_BACKENDS, dg.KERNELS)
+    assert _opdefs.has_operator(dg.PROJECT_KERNEL, fused)
 
 
 @pytest.mark.parametrize("op", OPS_WITHOUT_CUDA)

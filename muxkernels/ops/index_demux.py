@@ -22,6 +22,7 @@ from .demux_gather import (
     KERNEL_BACKENDS,
     KERNELS,
     MAX_FUSED_PROJECTION,
+    PROJECT_BACKENDS,
     PROJECT_KERNEL,
     DemuxGather,
     DemuxGatherProject,
@@ -114,7 +115,8 @@ def index_demux_logits(
 
     With a backend that has the fused kernel (triton) and K <= 64 output columns (token
     classes) the projection runs inside the demux kernel, so the (…, d) u is never written
-    in the forward pass; otherwise the demux kernel writes u and a Linear follows.
+    in the forward pass; otherwise the demux kernel writes u and a Linear follows. For
+    K <= 64, ``auto`` prefers the backend with the fused kernel.
 
     Args:
         proj_weight: (K, d) projection (e.g. the token-classification ``decoder.weight``);
@@ -132,7 +134,9 @@ def index_demux_logits(
     if proj_bias is not None:
         params["proj_bias"] = (proj_bias, (k,))
     _validate.demux_params(hidden, params)
-    chosen = _backend.resolve("index_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
+    fusable = k <= MAX_FUSED_PROJECTION
+    preferred = PROJECT_BACKENDS if fusable else KERNEL_BACKENDS
+    chosen = _backend.resolve("index_demux", backend, hidden.device, preferred, KERNELS)
     if chosen == "reference":
         u = reference.index_demux(
             hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
@@ -142,7 +146,7 @@ def index_demux_logits(
         return F.linear(u.to(ct), proj_weight.to(ct), bias_ct).to(hidden.dtype)
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
     index = _long(index)
-    if k <= MAX_FUSED_PROJECTION and _opdefs.has_operator(PROJECT_KERNEL, chosen):
+    if fusable and _opdefs.has_operator(PROJECT_KERNEL, chosen):
         return DemuxGatherProject.apply(
             a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position, chosen
         )
