@@ -1,4 +1,5 @@
-"""Command line: ``muxkernels info``, ``check`` and ``demo`` (also ``python -m muxkernels``)."""
+"""Command line: ``muxkernels info``, ``check``, ``demo`` and ``bench`` (also
+``python -m muxkernels``)."""
 
 from __future__ import annotations
 
@@ -69,12 +70,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``muxkernels`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: python -m muxkernels.bench takes the same
+        from .bench.cli import main as bench
+
+        return bench(argv[1:])
     parser = argparse.ArgumentParser(prog="muxkernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, the compiled extension, usable backends")
     check = sub.add_parser("check", help="run every op on every usable backend vs float64")
     check.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
+    sub.add_parser("bench", help="benchmarks: muxkernels bench --help", add_help=False)
     demo = sub.add_parser("demo", help="train the retrieval warm-up for several N on the CPU")
     demo.add_argument("--instances", nargs="+", type=int, default=[1, 2, 4, 8], help="the Ns")
     demo.add_argument("--steps", type=int, help="training steps for every N (default: per N)")

@@ -1,49 +1,195 @@
-"""The benchmark harness runs end to end on the CPU at tiny sizes (each call made once,
-not timed)."""
+"""The benchmark harness, its command line and its reports, on the CPU at tiny sizes.
+
+Timings are replaced by a fake that calls each function once, so these tests check what
+is measured and reported, never how fast anything is.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from muxkernels.bench import MODES, OPS, Sizes, format_table, run
+from muxkernels.bench import MODES, OPS, Sizes, cli, microbench, report, run, timing
 
-TINY = Sizes(mux_groups=1, demux_groups=1, length=3, d=8, dtype=torch.float32)
+TINY = Sizes(groups=1, length=3, d=8, dtype=torch.float32)
+TINY_ARGS = ["--device", "cpu", "--groups", "1", "--length", "3", "--d", "8"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def _call_once(fn, device):
+def _call_once(fn, device, *, graph=True):
     fn()
-    return 1.0
+    return timing.Timing(1.0, "cpu")
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    monkeypatch.setattr(timing, "time_call", _call_once)
+    monkeypatch.setattr(timing, "copy_gbs", lambda nbytes, device: 1.0)
+    monkeypatch.setattr(timing, "matmul_tflops", lambda m, k, n, dtype, device: 1.0)
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_every_op_and_mode_gives_a_row_per_implementation(op, monkeypatch):
-    import muxkernels.bench as bench
-
-    monkeypatch.setattr(bench, "median_ms", _call_once)
+def test_every_op_and_mode_gives_a_row_per_implementation(op, fake_timer):
     logged: list[str] = []
     rows = run([op], [2], MODES, ["eager", "concat"], TINY, torch.device("cpu"), logged.append)
-    impls = {"eager", "concat"} if op == "index_demux" else {"eager"}
+    with_concat = op in ("index_demux", "index_demux_sequence")
+    impls = {"eager", "concat"} if with_concat else {"eager"}
     assert {(r.mode, r.impl) for r in rows} == {(m, i) for m in MODES for i in impls}
-    assert all(r.ms > 0 and r.vs_eager > 0 for r in rows)
+    assert all(r.ms == 1.0 and r.vs_eager == 1.0 and r.timing == "cpu" for r in rows)
     assert all(math.isnan(r.vs_compiled) for r in rows)
-    assert format_table(rows).count("\n") == len(rows)
+    assert all(r.vs_concat == 1.0 for r in rows) == with_concat
+    assert all(r.gbs > 0 for r in rows)
     assert not logged
 
 
-def test_bench_ops_script_runs_on_cpu():
-    """benchmarks/bench_ops.py end to end (the reference paths, tiny sizes)."""
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer):
+    logged: list[str] = []
+    rows = run(["mlp_demux"], [2], ["fwd"], ["eager", "cuda"], TINY, torch.device("cpu"),
+               logged.append)  # fmt: skip
+    assert [r.impl for r in rows] == ["eager"]
+    assert len(logged) == 1 and "mlp_demux N=2 fwd cuda" in logged[0]
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ops.py"
-    args = ["--device", "cpu", "--small", "--ops", "index_demux", "--n", "2", "--modes", "fwd"]
-    done = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
-    )
+
+def test_time_call_on_the_cpu_takes_a_median():
+    calls = []
+    t = timing.time_call(lambda: calls.append(1), torch.device("cpu"))
+    assert t.method == "cpu" and t.ms > 0 and len(calls) > 1
+
+
+def _kernel_results() -> report.Results:
+    """A GPU-like results document: eager, compiled, concat and triton rows."""
+    ops = []
+    for n in (2, 40):
+        for impl, ms in (("eager", 4.0), ("compiled", 2.0), ("concat", 8.0), ("triton", 1.0)):
+            row = microbench.Row("index_demux", n, "s", "fwd", impl, ms, "graph", 100.0, 0.5,
+                                 math.nan, math.nan, 4.0 / ms, 2.0 / ms, 8.0 / ms)  # fmt: skip
+            ops.append(row.as_dict())
+    e2e = [
+        {"task": "token", "n": n, "impl": impl, "groups": 64, "instances": 64 * n, "ms": 1.0,
+         "instances_per_s": rate, "speedup": rate / 1000.0}
+        for n, impl, rate in ((1, "baseline", 1000.0), (2, "published", 1500.0),
+                              (2, "muxkernels", 1800.0))
+    ]  # fmt: skip
+    meta = {"date": "2026-11-28 00:00 UTC", "device": "NVIDIA H200", "gpu": True,
+            "torch": "2.11", "triton": "3.6", "cuda": "13.0", "muxkernels": "0.1.0",
+            "commit": "abc1234", "command": "muxkernels bench", "dtype": "bfloat16",
+            "sizes": {"groups": 64, "length": 128, "d": 768}, "unmeasured": [],
+            "end_to_end_size": {"layers": 12, "d": 768, "length": 128}}  # fmt: skip
+    return {"meta": meta, "ops": ops, "end_to_end": e2e}
+
+
+def test_summaries_give_the_fastest_kernel_and_its_speedups():
+    results = _kernel_results()
+    table = report.ops_summary(results, "fwd")
+    assert "| index_demux | 1 ms triton 4.00x / 2.00x / 8.00x | 1 ms triton" in table
+    assert "| index_demux (copy) | 50% | 50% |" in report.ceiling_summary(results)
+    e2e = report.end_to_end_summary(results)
+    assert "| token | 1 | 64 | 1,000 | 1.00x |" in e2e
+    assert "| token | 2 | 64 | 1,500 | 1.50x | 1,800 | 1.80x | 1.20x |" in e2e
+    section = report.readme_section(results, "docs/bench/bench.png", "docs/bench")
+    assert "NVIDIA H200" in section and "torch 2.11" in section and "2026-11-28" in section
+    assert "No GPU run" not in section and "![muxkernels bench](docs/bench/bench.png)" in section
+
+
+def test_json_is_strict_and_reads_back(tmp_path):
+    results = _kernel_results()
+    path = tmp_path / "results.json"
+    path.write_text(report.to_json(results))
+    json.loads(path.read_text(), parse_constant=pytest.fail)  # no NaN literals
+    again = report.read_json(path)
+    assert math.isnan(again["ops"][0]["tflops"]) and again["ops"][0]["ms"] == 4.0
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="not a muxkernels bench results file"):
+        report.read_json(path)
+
+
+def test_plot_is_written_with_matplotlib(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert report.plot(_kernel_results(), tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _readme(tmp_path: Path) -> Path:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_START}\nold\n{report.README_END}\n\ntail\n")
+    return readme
+
+
+def test_cli_writes_files_and_the_readme_section(tmp_path, fake_timer, capsys):
+    readme, out = _readme(tmp_path), tmp_path / "out"
+    args = [*TINY_ARGS, "--ops", "index_demux", "hadamard_mux", "--n", "2", "3",
+            "--e2e-n", "1", "2", "--e2e-size", "small", "--batch-sizes", "2",
+            "--out", str(out), "--readme", str(readme), "--format", "json"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = report.read_json(out / "results.json")
+    assert printed["meta"]["command"] == "muxkernels bench " + " ".join(args)
+    assert {(r["op"], r["n"]) for r in saved["ops"]} == {
+        (op, n) for op in ("index_demux", "hadamard_mux") for n in (2, 3)
+    }
+    assert {r["impl"] for r in saved["ops"]} == {"eager", "concat"}
+    assert {(r["n"], r["impl"]) for r in saved["end_to_end"]} >= {(1, "baseline"),
+                                                                  (2, "published")}  # fmt: skip
+    assert (out / "ops.csv").read_text().startswith("op,n,shape,mode,impl,ms,timing,")
+    text = readme.read_text()
+    assert text.startswith("# x\n\n") and text.endswith(f"{report.README_END}\n\ntail\n")
+    assert "old" not in text and "No GPU run has been recorded yet" in text
+    assert "| index_demux |" in text and "(out/ops.csv" not in text and "`out/ops.csv`" in text
+
+
+def test_cli_report_rerenders_without_measuring(tmp_path, capsys):
+    saved = tmp_path / "run" / "results.json"
+    saved.parent.mkdir()
+    saved.write_text(report.to_json(_kernel_results()))
+    readme = _readme(tmp_path)
+    assert cli.main(["--report", str(saved), "--readme", str(readme), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("op,n,shape,mode,impl,")
+    assert "NVIDIA H200" in readme.read_text() and "`run/ops.csv`" in readme.read_text()
+
+
+def test_cli_budget_lists_what_it_did_not_measure(tmp_path, fake_timer, capsys):
+    out = tmp_path / "out"
+    args = [*TINY_ARGS, "--no-e2e", "--ops", "hadamard_mux", "--n", "2", "5",
+            "--budget-s", "0", "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    saved = report.read_json(out / "results.json")
+    assert saved["ops"] == [] and saved["meta"]["unmeasured"] == ["hadamard_mux N=2",
+                                                                  "hadamard_mux N=5"]  # fmt: skip
+    assert "not measured (--budget-s): hadamard_mux N=2" in capsys.readouterr().err
+
+
+def test_console_script_and_module_forward_to_the_bench():
+    for command in (["-m", "muxkernels", "bench", "--help"], ["-m", "muxkernels.bench", "-h"]):
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "usage: muxkernels bench" in done.stdout and "--budget-s" in done.stdout
+
+
+def test_cpu_run_end_to_end_says_kernels_need_a_gpu(tmp_path):
+    """The real thing, timed, at the smallest sizes: ``python -m muxkernels bench``."""
+    args = [*TINY_ARGS, "--ops", "index_demux", "--n", "2", "--modes", "fwd", "--e2e-n", "1",
+            "2", "--e2e-tasks", "token", "--batch-sizes", "2", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "muxkernels", "bench", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "kernel timings need a GPU" in done.stdout
-    assert "concat" in done.stdout and "eager" in done.stdout
+    assert "kernel timings need a GPU" in done.stderr
+    assert "concat" in done.stdout and "published" in done.stdout
+    assert (tmp_path / "results.json").exists()
+
+
+def test_benchmarks_folder_runs(tmp_path):
+    """benchmarks/ (pytest-benchmark, out of the default run) still runs: each once."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+         str(ROOT / "benchmarks")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout

@@ -1,10 +1,11 @@
 """Microbenchmarks of every op and implementation, with ceilings measured in the same run.
 
-``run()`` times each workload (``muxkernels.bench.workloads``) in each mode: ``fwd``
+``measure()`` times one workload (``muxkernels.bench.workloads``) in each mode: ``fwd``
 (inference, no autograd), ``bwd`` (the backward alone, graph kept from one forward) and
-``fwd+bwd``. Each row reports the median time, the bandwidth against the op's byte floor
-and against a copy of the same size, the GEMM rate against torch.matmul of the same shape
-where the op has a GEMM, and the speedups over the eager and compiled reference.
+``fwd+bwd``. Each row reports the median time, the bandwidth over the op's byte floor and
+its fraction of a copy of the same size, the GEMM rate and its fraction of torch.matmul on
+the op's GEMM shape, and the speedups over the eager reference, its torch.compile and the
+published concat form.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .timing import copy_gbs, matmul_tflops, median_ms
-from .workloads import MODES, OPS, Sizes, Workload, build
+from . import timing
+from .workloads import Sizes, Workload, build
 
-__all__ = ["MODES", "OPS", "Row", "Sizes", "format_table", "run"]
+IMPLS = ("eager", "compiled", "concat", "triton", "cuda")
+BASELINES = ("eager", "compiled", "concat")  # what the speedup columns divide by
 
 
 @dataclass
 class Row:
-    """One (op, N, mode, implementation) timing and its ratios (NaN where not defined)."""
+    """One (op, N, mode, implementation) timing and its ratios (NaN where not defined).
+
+    ``timing`` is how the median was taken: "graph", "direct" or "cpu" (see ``timing``).
+    """
 
     op: str
     n: int
@@ -31,18 +36,22 @@ class Row:
     mode: str
     impl: str
     ms: float
+    timing: str
     gbs: float
     of_copy: float
     tflops: float
     of_matmul: float
     vs_eager: float
     vs_compiled: float
+    vs_concat: float
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _timed_call(w: Workload, impl: str, mode: str, device: torch.device) -> Callable[[], object]:
+def timed_call(w: Workload, impl: str, mode: str) -> Callable[[], object]:
+    """A no-argument call running ``impl`` of ``w`` in ``mode``: the forward without
+    autograd, the backward of one kept forward (retain_graph), or both."""
     fn = w.impls[impl]
     if mode == "fwd":
 
@@ -65,6 +74,44 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den and not math.isnan(den) else math.nan
 
 
+def measure(
+    op: str,
+    n: int,
+    modes: Iterable[str],
+    impls: Iterable[str],
+    sizes: Sizes,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Time ``op`` at N = ``n`` in every mode and implementation; an implementation that
+    cannot run (a kernel backend missing here, out of memory) is logged and skipped."""
+    w = build(op, n, sizes, device)
+    copy = timing.copy_gbs(w.bytes["fwd"], device)
+    peak = timing.matmul_tflops(*w.gemm, sizes.dtype, device) if w.gemm else math.nan
+    rows: list[Row] = []
+    for mode in modes:
+        times: dict[str, timing.Timing] = {}
+        for impl in impls:
+            if impl not in w.impls:
+                continue
+            try:
+                with timing.side_stream(device):  # the kept forward on the capture stream
+                    times[impl] = timing.time_call(timed_call(w, impl, mode), device)
+            except (NotImplementedError, RuntimeError) as err:  # includes out of memory
+                log(f"skip {op} N={n} {mode} {impl}: {str(err).splitlines()[0][:160]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        base = {b: times[b].ms if b in times else math.nan for b in BASELINES}
+        for impl, t in times.items():
+            gbs = w.bytes.get(mode, 0) / t.ms / 1e6
+            tflops = w.flops.get(mode, 0) / t.ms / 1e9 or math.nan
+            rows.append(
+                Row(op, n, w.shape, mode, impl, t.ms, t.method, gbs, gbs / copy, tflops,
+                    _ratio(tflops, peak), *(_ratio(base[b], t.ms) for b in BASELINES))
+            )  # fmt: skip
+    return rows
+
+
 def run(
     ops: Iterable[str],
     ns: Iterable[int],
@@ -74,52 +121,8 @@ def run(
     device: torch.device,
     log: Callable[[str], None] = print,
 ) -> list[Row]:
-    """Time every op × N × mode × implementation; implementations that cannot run are logged
-    and skipped (a kernel backend missing here, a mode an implementation lacks)."""
-    rows: list[Row] = []
-    for op in ops:
-        for n in ns:
-            w = build(op, n, sizes, device)
-            copy = copy_gbs(w.bytes["fwd"], device)
-            peak = matmul_tflops(*w.gemm, sizes.dtype, device) if w.gemm else math.nan
-            for mode in modes:
-                times: dict[str, float] = {}
-                for impl in impls:
-                    if impl not in w.impls:
-                        continue
-                    try:
-                        times[impl] = median_ms(_timed_call(w, impl, mode, device), device)
-                    except (NotImplementedError, RuntimeError) as err:
-                        log(f"skip {op} N={n} {mode} {impl}: {str(err).splitlines()[0][:160]}")
-                for impl, ms in times.items():
-                    gbs = w.bytes.get(mode, 0) / ms / 1e6
-                    tflops = w.flops.get(mode, 0) / ms / 1e9
-                    rows.append(
-                        Row(op, n, w.shape, mode, impl, ms, gbs, gbs / copy,
-                            tflops if tflops else math.nan, _ratio(tflops, peak),
-                            _ratio(times.get("eager", math.nan), ms),
-                            _ratio(times.get("compiled", math.nan), ms))
-                    )  # fmt: skip
-            del w
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
-
-
-COLUMNS = ("op", "n", "mode", "impl", "ms", "gbs", "of_copy", "tflops", "of_matmul",
-           "vs_eager", "vs_compiled")  # fmt: skip
-HEADERS = ("op", "N", "mode", "impl", "ms", "GB/s", "of copy", "TFLOP/s", "of matmul",
-           "vs eager", "vs compiled")  # fmt: skip
-
-
-def format_table(rows: list[Row]) -> str:
-    """A fixed-width plain-text table of the rows (NaN shown as "-")."""
-
-    def cell(v: object) -> str:
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.3g}"
-        return str(v)
-
-    cells = [list(HEADERS)] + [[cell(getattr(r, c)) for c in COLUMNS] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(HEADERS))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
+    """``measure`` every op at every N."""
+    modes, impls, ns = tuple(modes), tuple(impls), tuple(ns)
+    return [
+        row for op in ops for n in ns for row in measure(op, n, modes, impls, sizes, device, log)
+    ]

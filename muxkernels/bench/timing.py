@@ -1,27 +1,95 @@
 """Timing and ceilings measured in the same run as the ops they are compared with.
 
-On a GPU, times are ``triton.testing.do_bench`` medians (L2 flushed between calls); on the
-CPU, ``torch.utils.benchmark`` medians. A copy of the op's own byte count gives the
-bandwidth ceiling and ``torch.matmul`` of the op's GEMM shape the compute ceiling.
+On a GPU, times are ``triton.testing.do_bench`` medians with the L2 cache flushed before
+every call. By default the call is first captured in a CUDA graph and do_bench times its
+replay, so the time is the GPU's alone and Python's launch cost (tens of microseconds
+per op, the same for every implementation) does not hide the kernels; a call that cannot
+be captured is timed directly, and the result says which. On the CPU, times are
+``torch.utils.benchmark`` medians. A copy of the op's own byte count gives the bandwidth
+ceiling and ``torch.matmul`` of the op's GEMM shape the compute ceiling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
+WARMUP_MS, REP_MS = 5, 25  # do_bench's warm-up and measuring windows per timing
+CPU_MIN_RUN_S = 0.05  # torch.utils.benchmark's minimum measuring time per timing on the CPU
 
-def median_ms(fn: Callable[[], object], device: torch.device) -> float:
-    """Median wall time of ``fn()`` in milliseconds (after a warm-up call)."""
-    fn()  # compile, autotune, allocate
+
+@dataclass(frozen=True)
+class Timing:
+    """A median in milliseconds and how it was taken: "graph" (CUDA graph replay),
+    "direct" (Python calls on the GPU) or "cpu"."""
+
+    ms: float
+    method: str
+
+
+@contextlib.contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """Run the block on a fresh CUDA stream (nothing on the CPU). A CUDA graph can only be
+    captured off the default stream, and an autograd backward runs on its forward's stream,
+    so a measurement that keeps a forward to time its backward builds it in here."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        yield
+    torch.cuda.current_stream(device).wait_stream(stream)
+
+
+def _capture(fn: Callable[[], object]) -> Callable[[], object] | None:
+    """``fn`` captured in a CUDA graph (its replay), or None when it cannot be captured.
+
+    Captures on the current stream (a side stream of its own when that is the default
+    stream), after a warm-up call on it."""
+    stream = torch.cuda.current_stream()
+    if stream == torch.cuda.default_stream():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    except RuntimeError:  # an op that syncs with the host, or works on another stream
+        torch.cuda.synchronize()
+        return None
+    return graph.replay
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, graph: bool = True) -> Timing:
+    """Median time of ``fn()`` after a warm-up call (which compiles, autotunes, allocates).
+
+    ``graph=False`` times Python calls on a GPU too (end-to-end timings, where the launch
+    cost is part of what a user sees).
+    """
+    fn()
     if device.type == "cuda":
         from triton.testing import do_bench
 
-        return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+        replay = _capture(fn) if graph else None
+        run, method = (replay, "graph") if replay is not None else (fn, "direct")
+        ms = do_bench(run, warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+        return Timing(float(ms), method)
     from torch.utils.benchmark import Timer
 
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.1).median * 1e3
+    timer = Timer("fn()", globals={"fn": fn})
+    return Timing(timer.blocked_autorange(min_run_time=CPU_MIN_RUN_S).median * 1e3, "cpu")
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, *, graph: bool = True) -> float:
+    """``time_call(fn, device, graph=graph).ms``."""
+    return time_call(fn, device, graph=graph).ms
 
 
 def copy_gbs(nbytes: int, device: torch.device) -> float:

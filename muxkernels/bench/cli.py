@@ -1,0 +1,223 @@
+"""``muxkernels bench``: every op and backend, and the multiplexed model end to end.
+
+On a GPU (the default when one is present): the end-to-end throughput against N (a
+12-layer, 768-wide encoder, published layers vs ours), then every op × implementation ×
+mode at N in {2, 5, 10, 20, 40}, d=768, L=128, bf16. On the CPU: the same harness on the
+reference paths at small sizes and a small encoder; kernel timings need a GPU.
+
+    muxkernels bench                                  # everything, tables on screen
+    muxkernels bench --out results/ --readme README.md   # + JSON, CSV, PNG; README section
+    muxkernels bench --ops index_demux --n 40 --modes fwd fwd+bwd --no-e2e
+    muxkernels bench --report results/results.json --readme README.md   # re-render only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from . import end_to_end, microbench, report
+from .workloads import MODES, OPS, Sizes
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+NS = (2, 5, 10, 20, 40)
+E2E_NS = (1, 2, 5, 10, 20, 40)
+CPU_SIZES = {"groups": 2, "length": 16, "d": 64}
+CPU_IMPLS = ("eager", "concat")
+E2E_TASKS = ("sequence", "token")
+GPU_BATCH_SIZES, CPU_BATCH_SIZES = (32, 64, 128, 256, 512), (4, 8, 16, 32)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="muxkernels bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ops = p.add_argument_group("ops")
+    ops.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    ops.add_argument("--n", type=int, nargs="+", default=list(NS), help="the Ns")
+    ops.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ops.add_argument("--impls", nargs="+", choices=microbench.IMPLS,
+                     help=f"default: all on a GPU, {' '.join(CPU_IMPLS)} on the CPU")  # fmt: skip
+    ops.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 (GPU), fp32 (CPU)")
+    ops.add_argument("--groups", type=int, help="B' (default 64 on a GPU, 2 on the CPU)")
+    ops.add_argument("--length", type=int, help="L (default 128 on a GPU, 16 on the CPU)")
+    ops.add_argument("--d", type=int, help="hidden size (default 768 on a GPU, 64 on the CPU)")
+    ops.add_argument("--no-ops", action="store_true", help="skip the op microbenchmarks")
+    e2e = p.add_argument_group("end to end")
+    e2e.add_argument("--e2e-n", type=int, nargs="+", default=list(E2E_NS), help="the Ns")
+    e2e.add_argument("--e2e-tasks", nargs="+", choices=E2E_TASKS,
+                     default=list(E2E_TASKS))  # fmt: skip
+    e2e.add_argument("--e2e-size", choices=("paper", "small"),
+                     help="paper: 12 layers, d=768 (GPU default); small (CPU default)")  # fmt: skip
+    e2e.add_argument("--batch-sizes", type=int, nargs="+",
+                     help="N=1 batch sizes searched (default 32..512 GPU, 4..32 CPU)")  # fmt: skip
+    e2e.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="write results.json, ops.csv, end_to_end.csv, "
+                     "bench.png (with matplotlib) here")  # fmt: skip
+    out.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                     help="what goes to stdout (progress goes to stderr)")  # fmt: skip
+    out.add_argument("--readme", type=Path, help="rewrite this README's results section")
+    out.add_argument("--report", type=Path, metavar="RESULTS_JSON",
+                     help="measure nothing: render a saved results.json")  # fmt: skip
+    out.add_argument("--budget-s", type=float, help="stop starting op measurements after "
+                     "this many seconds; what was left is listed as not measured")  # fmt: skip
+    return p
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, cwd=Path(__file__).parent)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _meta(command: str, device: torch.device, sizes: Sizes, e2e_size) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = (
+            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": name,
+        "gpu": device.type == "cuda",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "muxkernels": __version__,
+        "commit": _commit(),
+        "command": command,
+        "dtype": str(sizes.dtype).removeprefix("torch."),
+        "sizes": {"groups": sizes.groups, "length": sizes.length, "d": sizes.d},
+        "end_to_end_size": vars(e2e_size).copy() if e2e_size else None,
+        "unmeasured": [],
+    }
+
+
+def _sizes(args: argparse.Namespace, gpu: bool) -> Sizes:
+    base = Sizes() if gpu else Sizes(**CPU_SIZES)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if gpu else torch.float32)
+    return Sizes(
+        groups=args.groups or base.groups,
+        length=args.length or base.length,
+        d=args.d or base.d,
+        dtype=dtype,
+    )
+
+
+def _emit(results: report.Results, args: argparse.Namespace) -> None:
+    """stdout in the chosen format; files under --out; the README section."""
+    if args.format == "json":
+        print(report.to_json(results), end="")
+    elif args.format == "csv":
+        print(report.to_csv(results["ops"]), end="")
+    files_dir = args.out or (args.report.parent if args.report else None)
+    if args.out:
+        for path in report.write_files(results, args.out):
+            _log(f"wrote {path}")
+    if args.readme:
+        png = files_dir / "bench.png" if files_dir else None
+        base = args.readme.resolve().parent
+        rel = lambda p: os.path.relpath(p.resolve(), base)  # noqa: E731
+        section = report.readme_section(
+            results,
+            rel(png) if png and png.exists() else None,
+            rel(files_dir) if files_dir else ".",
+        )
+        report.update_readme(args.readme, section)
+        _log(f"rewrote the results section of {args.readme}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    if args.report:
+        results = report.read_json(args.report)
+        if args.format == "table":
+            print(report.text_table(results["end_to_end"], report.E2E_COLUMNS))
+            print(report.text_table(results["ops"], report.OPS_COLUMNS))
+        _emit(results, args)
+        return 0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    sizes = _sizes(args, gpu)
+    e2e_size = None if args.no_e2e else (
+        end_to_end.SMALL if (args.e2e_size or ("paper" if gpu else "small")) == "small"
+        else end_to_end.PAPER
+    )  # fmt: skip
+    results = {
+        "meta": _meta(" ".join(["muxkernels bench", *argv]), device, sizes, e2e_size),
+        "ops": [],
+        "end_to_end": [],
+    }
+    table = args.format == "table"
+    _log(report.describe(results["meta"]))
+    if not gpu:
+        _log("note: on the CPU this times the reference paths at small sizes and a small "
+             "encoder; kernel timings need a GPU")  # fmt: skip
+    start = time.monotonic()
+    if e2e_size is not None:
+        rows = end_to_end.run_end_to_end(
+            args.e2e_n, args.e2e_tasks, e2e_size, device=device, dtype=sizes.dtype,
+            batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
+            log=_log,
+        )  # fmt: skip
+        results["end_to_end"] = [r.as_dict() for r in rows]
+        if table:
+            print(report.text_table(results["end_to_end"], report.E2E_COLUMNS), flush=True)
+        if args.out:
+            report.write_files(results, args.out, with_plot=False)
+    impls = args.impls or (microbench.IMPLS if gpu else CPU_IMPLS)
+    for op in [] if args.no_ops else args.ops:
+        rows = []
+        for n in args.n:
+            if args.budget_s is not None and time.monotonic() - start > args.budget_s:
+                results["meta"]["unmeasured"].append(f"{op} N={n}")
+                continue
+            _log(f"{op} N={n} ...")
+            try:
+                rows += microbench.measure(op, n, args.modes, impls, sizes, device, _log)
+            except torch.cuda.OutOfMemoryError as err:
+                _log(f"skip {op} N={n}: {str(err).splitlines()[0][:160]}")
+        results["ops"] += [r.as_dict() for r in rows]
+        if table and rows:
+            print(report.text_table([r.as_dict() for r in rows], report.OPS_COLUMNS), flush=True)
+        if args.out:  # after every op, so a run cut short still leaves its files
+            report.write_files(results, args.out, with_plot=False)
+    if results["meta"]["unmeasured"]:
+        _log("not measured (--budget-s): " + ", ".join(results["meta"]["unmeasured"]))
+    _emit(results, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
