@@ -37,7 +37,8 @@ def test_published_index_demux_is_the_reference(n, randn):
     token = published.index_demux_token(hidden, *params, n, 1e-5)
     sequence = published.index_demux_sequence(hidden, *params, n, 1e-5)
     assert token.shape == (2, n, n + 3, d) and sequence.shape == (2, n, d)
-    torch.testing.assert_close(token, reference.index_demux_concat(hidden, *params, n, 1e-5), **TOL)
+    expected = reference.index_demux(hidden, *params, n, 1e-5, gather="token")
+    torch.testing.assert_close(token, expected, **TOL)
     expected = reference.index_demux(hidden, *params, n, 1e-5, gather="sequence")
     torch.testing.assert_close(sequence, expected, **TOL)
 

@@ -10,7 +10,6 @@ from .demultiplex import (
     Gather,
     demux_gather,
     index_demux,
-    index_demux_concat,
     index_pos_demux,
     mlp_demux,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "hadamard_mux",
     "hadamard_mux_backward",
     "index_demux",
-    "index_demux_concat",
     "index_pos_demux",
     "lowrank_dense",
     "lowrank_ortho_mux",

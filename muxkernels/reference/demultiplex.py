@@ -80,29 +80,6 @@ def index_demux(
     return u.to(hidden.dtype)
 
 
-def index_demux_concat(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    num_instances: int,
-    eps: float,
-) -> torch.Tensor:
-    """Token-level index demux in the published form: build [p; h] (…, 2d), then one Linear.
-
-    N·L'·2d² work instead of (N + L')·d²; kept as the baseline the split form must beat.
-    Returns (B', N, L', d).
-    """
-    groups, length, d = hidden.shape
-    ct = compute_dtype(hidden, weight, bias)
-    h = hidden.to(ct)
-    p = h[:, :num_instances, None, :].expand(groups, num_instances, length, d)
-    hh = h[:, None, :, :].expand(groups, num_instances, length, d)
-    pre = torch.nn.functional.linear(torch.cat([p, hh], dim=-1), weight.to(ct), bias.to(ct))
-    return gelu_layer_norm(pre, ln_weight, ln_bias, eps).to(hidden.dtype)
-
-
 def index_pos_demux(
     hidden: torch.Tensor,
     keys: torch.Tensor,
