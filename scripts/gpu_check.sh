@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The GPU check: run from the repository root on a machine with a CUDA device.
 #
-#   bash scripts/gpu_check.sh
+#   bash scripts/gpu_check.sh                  # build, the full bench, then GPU tests
+#   bash scripts/gpu_check.sh build tests      # only the steps named
 #
-# 1. prints the device (nvidia-smi), nvcc and the python/torch/triton versions;
-# 2. builds muxkernels._C in place with all cores (pip, offline: --no-deps --no-index
-#    --no-build-isolation), timing the build;
-# 3. runs the public ops on every kernel backend on CUDA (tests marked gpu in
-#    test_kernel_backends.py and test_compile.py), with MUXKERNELS_REQUIRE_EXTENSION=1 so a
-#    missing extension fails instead of skipping;
-# 4. runs benchmarks/bench_ops.py on the ops, N and modes of the targets, printing each
-#    table as soon as it is measured, so a timeout still leaves the tables finished by then;
-# 5. runs the kernel-level GPU tests (tests/gpu) with the time that is left.
-# Logs go to $OUT (when set) or ./gpu_check_out: build.log, tests.log, bench.txt, and
-# summary.txt (one line per step). Every step has a timeout and the whole script stays
-# under 6 minutes; it exits non-zero if any step failed.
+# Steps (in this order, each under a timeout, all within TOTAL_BUDGET_S = 6 minutes):
+# - build: muxkernels._C in place with all cores (pip, offline: --no-deps --no-index
+#   --no-build-isolation), timed;
+# - bench: `muxkernels bench` in full (end to end, then every op x implementation x mode
+#   at N in {2,5,10,20,40}, bf16), writing results.json, ops.csv, end_to_end.csv and
+#   bench.png to $OUT/bench after every op, so a timeout still leaves what was measured;
+#   --budget-s keeps it under 5 minutes, listing anything left unmeasured;
+# - tests: the public ops on every kernel backend on CUDA (tests marked gpu in
+#   test_kernel_backends.py and test_compile.py), then the kernel-level tests (tests/gpu),
+#   with MUXKERNELS_REQUIRE_EXTENSION=1 so a missing extension fails instead of skipping.
+# Logs go to $OUT (when set) or ./gpu_check_out: env.txt, build.log, bench.log, tests.log
+# and summary.txt (one line per step). It exits non-zero if any step failed. Back on a
+# development machine, `muxkernels bench --report <out>/bench/results.json --out
+# docs/bench --readme README.md` turns the run into the README's results section.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -80,37 +83,41 @@ except ImportError as err:
 EOF
 } 2>&1 | tee "$LOG_DIR/env.txt"
 
-build_ok=1
-step build 200 "$LOG_DIR/build.log" \
-    env MAX_JOBS="$(nproc)" MUXKERNELS_BUILD_CUDA=1 \
-    pip install --no-build-isolation --no-deps --no-index -v -e . || build_ok=0
-grep -E "muxkernels setup:|\[[0-9]+/[0-9]+\]|error" "$LOG_DIR/build.log" | cut -c1-300 | tail -n 20 || true
+STEPS=("$@")
+if ((${#STEPS[@]} == 0)); then STEPS=(build bench tests); fi
+wants() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 
-if ((build_ok)); then
-    # 1. every public op x kernel backend on CUDA (fwd and grads) and inductor: quick, first
-    step public-ops 90 "$LOG_DIR/public_ops.log" \
-        env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest -m gpu -q -ra -p no:cacheprovider \
-        tests/test_kernel_backends.py tests/test_compile.py || true
-    tail -n 15 "$LOG_DIR/public_ops.log"
-    # 2. the targets, one table each (bf16): copy-bound mux, GEMM-bound ortho, the demux
-    #    write floor and its fwd+bwd against torch.compile, the fused front end
-    step bench-hadamard 60 "$LOG_DIR/bench_hadamard.txt" \
-        python benchmarks/bench_ops.py --ops hadamard_mux --n 10 40 --modes fwd || true
-    step bench-index-demux 60 "$LOG_DIR/bench_index_demux.txt" \
-        python benchmarks/bench_ops.py --ops index_demux --n 40 --modes fwd fwd+bwd || true
-    step bench-ortho 40 "$LOG_DIR/bench_ortho.txt" \
-        python benchmarks/bench_ops.py --ops ortho_mux --n 10 --modes fwd || true
-    step bench-embed 40 "$LOG_DIR/bench_embed.txt" \
-        python benchmarks/bench_ops.py --ops embed_mux --n 40 --modes fwd || true
-    cat "$LOG_DIR"/bench_*.txt
-    # 3. the kernel-level GPU tests with what time is left
-    step gpu-tests 200 "$LOG_DIR/tests.log" \
-        env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest tests/gpu -q -ra -p no:cacheprovider \
-        --durations=10 || true
-    tail -n 40 "$LOG_DIR/tests.log"
-else
-    echo "tests and bench: not run (build failed)" | tee -a "$SUMMARY"
+build_ok=1
+if wants build; then
+    step build 200 "$LOG_DIR/build.log" \
+        env MAX_JOBS="$(nproc)" MUXKERNELS_BUILD_CUDA=1 \
+        pip install --no-build-isolation --no-deps --no-index -v -e . || build_ok=0
+    grep -E "muxkernels setup:|\[[0-9]+/[0-9]+\]|error" "$LOG_DIR/build.log" | cut -c1-300 |
+        tail -n 20 || true
+fi
+
+if ((!build_ok)); then
+    echo "bench and tests: not run (build failed)" | tee -a "$SUMMARY"
     tail -n 40 "$LOG_DIR/build.log"
+else
+    if wants bench; then
+        # new op measurements stop starting a minute before the step's timeout
+        bench_s=$(budget 290)
+        step bench "$bench_s" "$LOG_DIR/bench.log" \
+            env MUXKERNELS_REQUIRE_EXTENSION=1 python -m muxkernels.bench \
+            --out "$LOG_DIR/bench" --budget-s $((bench_s > 90 ? bench_s - 60 : 30)) || true
+        cat "$LOG_DIR/bench.log"
+    fi
+    if wants tests; then
+        step public-ops 90 "$LOG_DIR/public_ops.log" \
+            env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest -m gpu -q -ra \
+            -p no:cacheprovider tests/test_kernel_backends.py tests/test_compile.py || true
+        tail -n 15 "$LOG_DIR/public_ops.log"
+        step gpu-tests 200 "$LOG_DIR/tests.log" \
+            env MUXKERNELS_REQUIRE_EXTENSION=1 python -m pytest tests/gpu -q -ra \
+            -p no:cacheprovider --durations=10 || true
+        tail -n 40 "$LOG_DIR/tests.log"
+    fi
 fi
 
 echo "=== summary (${SECONDS}s in all; logs in $LOG_DIR) ==="

@@ -14,6 +14,6 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 "$PYTHON" -m pip install --quiet \
     "${MUXKERNELS_TORCH:-torch==2.14.1}" "${MUXKERNELS_TRITON:-triton==3.8.0}" \
-    ninja pybind11 numpy pytest pytest-benchmark ruff
+    ninja pybind11 numpy pytest pytest-benchmark ruff matplotlib
 "$PYTHON" -m pip install --quiet --no-build-isolation --no-deps -e .
 "$PYTHON" -m muxkernels info
