@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from muxkernels.bench import MODES, OPS, Sizes, cli, microbench, report, run, timing
+from muxkernels.bench import MODES, OPS, Sizes, cli, microbench, report, run, timing, workloads
 
 TINY = Sizes(groups=1, length=3, d=8, dtype=torch.float32)
 TINY_ARGS = ["--device", "cpu", "--groups", "1", "--length", "3", "--d", "8"]
@@ -54,6 +54,21 @@ def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer):
                logged.append)  # fmt: skip
     assert [r.impl for r in rows] == ["eager"]
     assert len(logged) == 1 and "mlp_demux N=2 fwd cuda" in logged[0]
+
+
+def test_every_workload_compiles_its_own_graphs(monkeypatch):
+    """Past dynamo's recompile limit (8 graphs per code object) a shared cache would run
+    the "compiled" rows eagerly; 6 workloads x 2 graphs must all be compiled."""
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", **kw))
+    counters.clear()
+    for n in range(2, 8):
+        w = workloads.build("hadamard_mux", n, TINY, torch.device("cpu"))
+        for mode in ("fwd", "fwd+bwd"):
+            microbench.timed_call(w, "compiled", mode)()
+    assert counters["stats"]["unique_graphs"] == 12
 
 
 def test_time_call_on_the_cpu_takes_a_median():

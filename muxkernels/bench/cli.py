@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, _backend
 from . import end_to_end, microbench, report
 from .workloads import MODES, OPS, Sizes
 
@@ -99,7 +99,8 @@ def _meta(command: str, device: torch.device, sizes: Sizes, e2e_size) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    if device.type == "cuda":
+    gpu = device.type == "cuda"
+    if gpu:
         name = torch.cuda.get_device_name(device)
     else:
         name = (
@@ -108,13 +109,14 @@ def _meta(command: str, device: torch.device, sizes: Sizes, e2e_size) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": name,
-        "gpu": device.type == "cuda",
+        "gpu": gpu,
         "torch": torch.__version__,
         "triton": triton_version,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cuda": torch.version.cuda if gpu else None,
         "python": platform.python_version(),
         "muxkernels": __version__,
         "commit": _commit(),
+        "backends": [b for b in _backend.BACKENDS[2:] if gpu and _backend.usable(b, device)[0]],
         "command": command,
         "dtype": str(sizes.dtype).removeprefix("torch."),
         "sizes": {"groups": sizes.groups, "length": sizes.length, "d": sizes.d},

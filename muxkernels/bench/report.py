@@ -204,9 +204,11 @@ def describe(meta: dict[str, Any]) -> str:
     """One sentence: the machine, the versions, the date and the command of a run."""
     versions = ", ".join(f"{k} {meta[k]}" for k in ("torch", "triton", "cuda") if meta.get(k))
     commit = f" (commit {meta['commit']})" if meta.get("commit") else ""
+    backends = ", ".join(meta.get("backends") or ["none"])
     return (
         f"Measured on {meta['device']} on {meta['date']} with {versions}, muxkernels "
-        f"{meta['muxkernels']}{commit}, by `{meta['command']}`."
+        f"{meta['muxkernels']}{commit}, kernel backends usable: {backends}; by "
+        f"`{meta['command']}`."
     )
 
 

@@ -237,7 +237,14 @@ def _mlp_demux(n: int, s: Sizes, device: torch.device) -> Workload:
 
 
 def build(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
-    """The workload of ``op`` at N = ``n``; adds the ``compiled`` reference implementation."""
+    """The workload of ``op`` at N = ``n``; adds the ``compiled`` reference implementation.
+
+    Resets torch.compile's caches first: dynamo keeps compiled code per code object, and
+    every workload's reference call shares one, so from the ninth graph on (the recompile
+    limit) a "compiled" row would quietly time eager code. Each workload compiles its own
+    static-shape graphs instead (shapes marked dynamic across N were tried: the demux
+    still recompiled at every N).
+    """
     if op in ("hadamard_mux", "ortho_mux", "lowrank_ortho_mux"):
         w = _mux(op, n, sizes, device)
     elif op == "embed_mux":
@@ -251,5 +258,6 @@ def build(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
     else:
         raise ValueError(f"unknown op {op!r}; choose from {OPS}")
     eager = w.impls["eager"]
+    torch._dynamo.reset()
     w.impls["compiled"] = torch.compile(eager, dynamic=False)
     return w
