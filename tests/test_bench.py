@@ -48,12 +48,29 @@ def test_every_op_and_mode_gives_a_row_per_implementation(op, fake_timer):
     assert not logged
 
 
-def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer):
+def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer, monkeypatch):
+    def failing(x):
+        raise RuntimeError("no GPU here\nmore")
+
+    def build(*args):
+        w = workloads.build(*args)
+        w.impls["triton"] = failing
+        return w
+
+    monkeypatch.setattr(microbench, "build", build)
     logged: list[str] = []
-    rows = run(["mlp_demux"], [2], ["fwd"], ["eager", "cuda"], TINY, torch.device("cpu"),
+    rows = run(["mlp_demux"], [2], ["fwd"], ["eager", "triton"], TINY, torch.device("cpu"),
                logged.append)  # fmt: skip
     assert [r.impl for r in rows] == ["eager"]
-    assert len(logged) == 1 and "mlp_demux N=2 fwd cuda" in logged[0]
+    assert logged == ["skip mlp_demux N=2 fwd triton: no GPU here"]
+
+
+def test_workloads_offer_the_kernel_backends_each_op_has():
+    impls = {op: set(workloads.build(op, 2, TINY, torch.device("cpu")).impls) for op in OPS}
+    assert impls["embed_mux"] == {"eager", "compiled", "cuda"}
+    assert impls["ortho_mux"] == impls["mlp_demux"] == {"eager", "compiled", "triton"}
+    assert impls["index_demux"] == {"eager", "compiled", "concat", "cuda", "triton"}
+    assert impls["index_pos_demux"] == {"eager", "compiled", "cuda", "triton"}
 
 
 def test_every_workload_compiles_its_own_graphs(monkeypatch):

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops, transforms
+from ..ops.demux_gather import KERNEL_BACKENDS as DEMUX_BACKENDS
+from ..ops.embed_mux import KERNEL_BACKENDS as EMBED_BACKENDS
+from ..ops.hadamard_mux import KERNEL_BACKENDS as HADAMARD_BACKENDS
+from ..ops.mlp_demux import KERNEL_BACKENDS as MLP_BACKENDS
+from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
 from . import published
 
 Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -31,7 +36,6 @@ OPS = (  # in the order a time-limited run measures them: the headline ops first
     "index_pos_demux",
     "mlp_demux",
 )
-KERNEL_BACKENDS = ("triton", "cuda")
 VOCAB, CLASSES = 50265, 9  # RoBERTa's vocabulary; token classes for the fused projection
 
 
@@ -60,10 +64,13 @@ class Sizes:
     dtype: torch.dtype = torch.bfloat16
 
 
-def _kernel_impls(call: Callable[[dict[str, torch.Tensor], str], torch.Tensor]) -> dict:
+def _kernel_impls(
+    call: Callable[[dict[str, torch.Tensor], str], torch.Tensor], backends: tuple[str, ...]
+) -> dict:
+    """``eager`` (the reference backend) and each kernel backend the op has."""
     return {
         "eager": lambda x: call(x, "reference"),
-        **{b: (lambda x, b=b: call(x, b)) for b in KERNEL_BACKENDS},
+        **{b: (lambda x, b=b: call(x, b)) for b in backends},
     }
 
 
@@ -80,7 +87,8 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
     if op == "hadamard_mux":
         x["vectors"] = transforms.gaussian_vectors(n, d, generator=0, device=device, dtype=dt)
         w.impls = _kernel_impls(
-            lambda x, b: ops.hadamard_mux(x["embeddings"], x["vectors"], backend=b)
+            lambda x, b: ops.hadamard_mux(x["embeddings"], x["vectors"], backend=b),
+            HADAMARD_BACKENDS,
         )
         w.bytes = dict.fromkeys(MODES, traffic)
         w.bytes["fwd+bwd"] = 2 * traffic
@@ -88,7 +96,8 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
     if op == "ortho_mux":
         x["matrices"] = transforms.ortho_matrices(n, d, generator=0, device=device, dtype=dt)
         w.impls = _kernel_impls(
-            lambda x, b: ops.ortho_mux(x["embeddings"], x["matrices"], backend=b)
+            lambda x, b: ops.ortho_mux(x["embeddings"], x["matrices"], backend=b),
+            ORTHO_BACKENDS,
         )
         gemm_flops = 2.0 * g * length * n * d * d
         w.gemm = (g * length, n * d, d)
@@ -96,7 +105,8 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
         u, h = transforms.lowrank_factors(n, d, generator=0, device=device, dtype=dt)
         x["u"], x["h"] = u, h
         w.impls = _kernel_impls(
-            lambda x, b: ops.lowrank_ortho_mux(x["embeddings"], x["u"], x["h"], backend=b)
+            lambda x, b: ops.lowrank_ortho_mux(x["embeddings"], x["u"], x["h"], backend=b),
+            ORTHO_BACKENDS,
         )
         gemm_flops = 4.0 * g * length * d * (d // n) * n
         w.gemm = (g * length, d, d)
@@ -127,7 +137,8 @@ def _embed(n: int, s: Sizes, device: torch.device) -> Workload:
     return Workload(
         "embed_mux", n, f"B'={g} L={length} d={d} V={VOCAB}", x,
         ("word", "position", "token_type", "ln_weight", "ln_bias"),
-        _kernel_impls(call), bytes={"fwd": rows, "bwd": 2 * rows, "fwd+bwd": 3 * rows},
+        _kernel_impls(call, EMBED_BACKENDS),
+        bytes={"fwd": rows, "bwd": 2 * rows, "fwd+bwd": 3 * rows},
     )  # fmt: skip
 
 
@@ -174,7 +185,8 @@ def _index_demux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
         out_bytes = out_rows * d * es
     c_rows = g if gather == "sequence" else g * length
     gemm_flops = 2.0 * (g * n + c_rows) * d * d
-    w = Workload(op, n, f"B'={g} L'={length} d={d}", x, ("hidden", *params), _kernel_impls(call))
+    w = Workload(op, n, f"B'={g} L'={length} d={d}", x, ("hidden", *params),
+                 _kernel_impls(call, DEMUX_BACKENDS))  # fmt: skip
     in_bytes = g * length * d * es
     w.bytes = {"fwd": out_bytes + in_bytes, "bwd": out_bytes + 2 * in_bytes}
     w.bytes["fwd+bwd"] = w.bytes["fwd"] + w.bytes["bwd"]
@@ -204,7 +216,7 @@ def _index_pos_demux(n: int, s: Sizes, device: torch.device) -> Workload:
     gemm_flops = 2.0 * (n + g * length) * d * d
     return Workload(
         "index_pos_demux", n, f"B'={g} L={length} d={d}", x, ("hidden", *params),
-        _kernel_impls(call), bytes={"fwd": out + inp, "bwd": out + 2 * inp,
+        _kernel_impls(call, DEMUX_BACKENDS), bytes={"fwd": out + inp, "bwd": out + 2 * inp,
                                     "fwd+bwd": 2 * out + 3 * inp},
         flops={"fwd": gemm_flops, "bwd": 2 * gemm_flops, "fwd+bwd": 3 * gemm_flops},
         gemm=(g * length, d, d),
@@ -229,7 +241,8 @@ def _mlp_demux(n: int, s: Sizes, device: torch.device) -> Workload:
     out = n * g * length * d * es
     gemm_flops = 2.0 * g * length * n * d * d
     return Workload(
-        "mlp_demux", n, f"B'={g} L={length} d={d}", x, ("hidden", *params), _kernel_impls(call),
+        "mlp_demux", n, f"B'={g} L={length} d={d}", x, ("hidden", *params),
+        _kernel_impls(call, MLP_BACKENDS),
         bytes={"fwd": out, "bwd": 2 * out, "fwd+bwd": 3 * out},
         flops={"fwd": gemm_flops, "bwd": 2 * gemm_flops, "fwd+bwd": 3 * gemm_flops},
         gemm=(g * length, d, n * d),
