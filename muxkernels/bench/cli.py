@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import subprocess
@@ -92,7 +93,9 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def _meta(command: str, device: torch.device, sizes: Sizes, e2e_size) -> dict:
+def _meta(
+    command: str, device: torch.device, sizes: Sizes, e2e_size: end_to_end.EncoderSize | None
+) -> dict:
     try:
         import triton
 
@@ -149,7 +152,10 @@ def _emit(results: report.Results, args: argparse.Namespace) -> None:
     if args.readme:
         png = files_dir / "bench.png" if files_dir else None
         base = args.readme.resolve().parent
-        rel = lambda p: os.path.relpath(p.resolve(), base)  # noqa: E731
+
+        def rel(path: Path) -> str:
+            return os.path.relpath(path.resolve(), base)
+
         section = report.readme_section(
             results,
             rel(png) if png and png.exists() else None,
@@ -157,6 +163,62 @@ def _emit(results: report.Results, args: argparse.Namespace) -> None:
         )
         report.update_readme(args.readme, section)
         _log(f"rewrote the results section of {args.readme}")
+
+
+def _encoder_size(args: argparse.Namespace, gpu: bool) -> end_to_end.EncoderSize | None:
+    if args.no_e2e:
+        return None
+    choice = args.e2e_size or ("paper" if gpu else "small")
+    return end_to_end.PAPER if choice == "paper" else end_to_end.SMALL
+
+
+def _measure_end_to_end(
+    args: argparse.Namespace,
+    results: report.Results,
+    size: end_to_end.EncoderSize,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    gpu = device.type == "cuda"
+    rows = end_to_end.run_end_to_end(
+        args.e2e_n, args.e2e_tasks, size, device=device, dtype=dtype,
+        batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
+        log=_log,
+    )  # fmt: skip
+    results["end_to_end"] = [r.as_dict() for r in rows]
+    if args.format == "table":
+        print(report.text_table(results["end_to_end"], report.E2E_COLUMNS), flush=True)
+    if args.out:
+        report.write_files(results, args.out, with_plot=False)
+
+
+def _measure_ops(
+    args: argparse.Namespace,
+    results: report.Results,
+    sizes: Sizes,
+    device: torch.device,
+    deadline: float,
+) -> None:
+    """Every op at every N; past the deadline, (op, N) pairs are listed, not measured."""
+    impls = args.impls or (microbench.IMPLS if device.type == "cuda" else CPU_IMPLS)
+    for op in args.ops:
+        rows = []
+        for n in args.n:
+            if time.monotonic() > deadline:
+                results["meta"]["unmeasured"].append(f"{op} N={n}")
+                continue
+            _log(f"{op} N={n} ...")
+            try:
+                rows += microbench.measure(op, n, args.modes, impls, sizes, device, _log)
+            except torch.cuda.OutOfMemoryError as err:
+                _log(f"skip {op} N={n}: {str(err).splitlines()[0][:160]}")
+        results["ops"] += [r.as_dict() for r in rows]
+        if args.format == "table" and rows:
+            print(report.text_table([r.as_dict() for r in rows], report.OPS_COLUMNS), flush=True)
+        if args.out:  # after every op, so a run cut short still leaves its files
+            report.write_files(results, args.out, with_plot=False)
+    if results["meta"]["unmeasured"]:
+        _log("not measured (--budget-s): " + ", ".join(results["meta"]["unmeasured"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,54 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report.text_table(results["ops"], report.OPS_COLUMNS))
         _emit(results, args)
         return 0
+    start = time.monotonic()
+    deadline = math.inf if args.budget_s is None else start + args.budget_s
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
-    sizes = _sizes(args, gpu)
-    e2e_size = None if args.no_e2e else (
-        end_to_end.SMALL if (args.e2e_size or ("paper" if gpu else "small")) == "small"
-        else end_to_end.PAPER
-    )  # fmt: skip
-    results = {
-        "meta": _meta(" ".join(["muxkernels bench", *argv]), device, sizes, e2e_size),
-        "ops": [],
-        "end_to_end": [],
-    }
-    table = args.format == "table"
+    sizes, size = _sizes(args, gpu), _encoder_size(args, gpu)
+    command = " ".join(["muxkernels bench", *argv])
+    results = {"meta": _meta(command, device, sizes, size), "ops": [], "end_to_end": []}
     _log(report.describe(results["meta"]))
     if not gpu:
         _log("note: on the CPU this times the reference paths at small sizes and a small "
              "encoder; kernel timings need a GPU")  # fmt: skip
-    start = time.monotonic()
-    if e2e_size is not None:
-        rows = end_to_end.run_end_to_end(
-            args.e2e_n, args.e2e_tasks, e2e_size, device=device, dtype=sizes.dtype,
-            batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
-            log=_log,
-        )  # fmt: skip
-        results["end_to_end"] = [r.as_dict() for r in rows]
-        if table:
-            print(report.text_table(results["end_to_end"], report.E2E_COLUMNS), flush=True)
-        if args.out:
-            report.write_files(results, args.out, with_plot=False)
-    impls = args.impls or (microbench.IMPLS if gpu else CPU_IMPLS)
-    for op in [] if args.no_ops else args.ops:
-        rows = []
-        for n in args.n:
-            if args.budget_s is not None and time.monotonic() - start > args.budget_s:
-                results["meta"]["unmeasured"].append(f"{op} N={n}")
-                continue
-            _log(f"{op} N={n} ...")
-            try:
-                rows += microbench.measure(op, n, args.modes, impls, sizes, device, _log)
-            except torch.cuda.OutOfMemoryError as err:
-                _log(f"skip {op} N={n}: {str(err).splitlines()[0][:160]}")
-        results["ops"] += [r.as_dict() for r in rows]
-        if table and rows:
-            print(report.text_table([r.as_dict() for r in rows], report.OPS_COLUMNS), flush=True)
-        if args.out:  # after every op, so a run cut short still leaves its files
-            report.write_files(results, args.out, with_plot=False)
-    if results["meta"]["unmeasured"]:
-        _log("not measured (--budget-s): " + ", ".join(results["meta"]["unmeasured"]))
+    if size is not None:
+        _measure_end_to_end(args, results, size, device, sizes.dtype)
+    if not args.no_ops:
+        _measure_ops(args, results, sizes, device, deadline)
     _emit(results, args)
     return 0
 
