@@ -14,7 +14,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,18 +124,28 @@ def _x(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}x"
 
 
+def _op_table(
+    rows: list[dict[str, Any]],
+    cell: Callable[[str, list[dict[str, Any]]], str],
+    label: Callable[[str], str] = str,
+    corner: str = "op",
+) -> str:
+    """Markdown: a line per op, a column per N, ``cell(op, rows of that op and N)``."""
+    ns = sorted({r["n"] for r in rows})
+    groups = _by(rows, "op", "n")
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    lines = ([label(op), *(cell(op, groups.get((op, n), [])) for n in ns)] for op in ops)
+    return _markdown([corner, *(f"N={n}" for n in ns)], lines)
+
+
 def ops_summary(results: Results, mode: str) -> str:
     """Markdown: one line per op, one column per N. With kernel rows, each cell is the
     fastest kernel backend's time and its speedup over the eager reference / torch.compile
     of it / the concat form (where measured); without (a CPU run), the eager time."""
     rows = [r for r in results["ops"] if r["mode"] == mode]
-    ns = sorted({r["n"] for r in rows})
-    cells = _by(rows, "op", "n")
-    ops = list(dict.fromkeys(r["op"] for r in rows))
     kernels = any(r["impl"] in KERNEL_IMPLS for r in rows)
 
-    def cell(op: str, n: int) -> str:
-        group = cells.get((op, n), [])
+    def cell(op: str, group: list[dict[str, Any]]) -> str:
         best = _fastest(group, KERNEL_IMPLS if kernels else ("eager",))
         if best is None:
             return "-"
@@ -145,29 +155,27 @@ def ops_summary(results: Results, mode: str) -> str:
             text += f" {best['impl']} " + " / ".join(ratios)
         return text
 
-    return _markdown(
-        ["op", *(f"N={n}" for n in ns)], ([op, *(cell(op, n) for n in ns)] for op in ops)
-    )
+    return _op_table(rows, cell)
 
 
 def ceiling_summary(results: Results) -> str:
     """Markdown: the fastest kernel's forward as a fraction of its ceiling, measured in the
     same run: torch.matmul's rate for the GEMM ops, a copy of the same bytes for the rest."""
+
+    def cell(op: str, group: list[dict[str, Any]]) -> str:
+        best = _fastest(group, KERNEL_IMPLS)
+        value = math.nan if best is None else best[_ceiling(op)]
+        return "-" if math.isnan(value) else f"{value:.0%}"
+
+    def label(op: str) -> str:
+        return f"{op} ({_ceiling(op).removeprefix('of_')})"
+
     rows = [r for r in results["ops"] if r["mode"] == "fwd"]
-    ns = sorted({r["n"] for r in rows})
-    cells = _by(rows, "op", "n")
-    ops = list(dict.fromkeys(r["op"] for r in rows))
+    return _op_table(rows, cell, label, corner="op (ceiling)")
 
-    def cell(op: str, n: int) -> str:
-        best = _fastest(cells.get((op, n), []), KERNEL_IMPLS)
-        if best is None:
-            return "-"
-        field = "of_matmul" if op in GEMM_OPS else "of_copy"
-        return "-" if math.isnan(best[field]) else f"{best[field]:.0%}"
 
-    header = ["op (ceiling)", *(f"N={n}" for n in ns)]
-    return _markdown(header, ([f"{op} ({'matmul' if op in GEMM_OPS else 'copy'})",
-                               *(cell(op, n) for n in ns)] for op in ops))  # fmt: skip
+def _ceiling(op: str) -> str:
+    return "of_matmul" if op in GEMM_OPS else "of_copy"
 
 
 def end_to_end_summary(results: Results) -> str:
