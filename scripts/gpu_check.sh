@@ -10,7 +10,9 @@
 # - bench: `muxkernels bench` in full (end to end, then every op x implementation x mode
 #   at N in {2,5,10,20,40}, bf16), writing results.json, ops.csv, end_to_end.csv and
 #   bench.png to $OUT/bench after every op, so a timeout still leaves what was measured;
-#   --budget-s keeps it under 5 minutes, listing anything left unmeasured;
+#   --budget-s keeps it under 5 minutes, listing anything left unmeasured; BENCH_ARGS
+#   adds options, e.g. BENCH_ARGS="--resume bench_partial/results.json" (a saved run
+#   copied into the tree) measures only what that run lacks;
 # - tests: the public ops on every kernel backend on CUDA (tests marked gpu in
 #   test_kernel_backends.py and test_compile.py), then the kernel-level tests (tests/gpu),
 #   with MUXKERNELS_REQUIRE_EXTENSION=1 so a missing extension fails instead of skipping.
@@ -103,9 +105,11 @@ else
     if wants bench; then
         # new op measurements stop starting a minute before the step's timeout
         bench_s=$(budget 290)
+        # shellcheck disable=SC2086 # BENCH_ARGS is split into options on purpose
         step bench "$bench_s" "$LOG_DIR/bench.log" \
             env MUXKERNELS_REQUIRE_EXTENSION=1 python -m muxkernels.bench \
-            --out "$LOG_DIR/bench" --budget-s $((bench_s > 90 ? bench_s - 60 : 30)) || true
+            --out "$LOG_DIR/bench" --budget-s $((bench_s > 90 ? bench_s - 60 : 30)) \
+            ${BENCH_ARGS:-} || true
         cat "$LOG_DIR/bench.log"
     fi
     if wants tests; then

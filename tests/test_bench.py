@@ -196,6 +196,25 @@ def test_cli_budget_lists_what_it_did_not_measure(tmp_path, fake_timer, capsys):
     assert "not measured (--budget-s): hadamard_mux N=2" in capsys.readouterr().err
 
 
+def test_cli_resume_measures_only_what_a_run_lacks(tmp_path, fake_timer):
+    out = tmp_path / "out"
+    first = [*TINY_ARGS, "--no-e2e", "--ops", "hadamard_mux", "--n", "2", "--modes", "fwd",
+             "--out", str(out)]  # fmt: skip
+    assert cli.main(first) == 0
+    saved = out / "results.json"
+    more = [*TINY_ARGS, "--ops", "hadamard_mux", "mlp_demux", "--n", "2", "--modes", "fwd",
+            "--e2e-n", "1", "--e2e-tasks", "token", "--e2e-size", "small", "--batch-sizes",
+            "2", "--resume", str(saved), "--out", str(out)]  # fmt: skip
+    assert cli.main(more) == 0
+    merged = report.read_json(saved)
+    assert [(r["op"], r["n"]) for r in merged["ops"]] == [("hadamard_mux", 2), ("mlp_demux", 2)]
+    assert [r["impl"] for r in merged["end_to_end"]] == ["baseline"]
+    assert merged["meta"]["end_to_end_size"]["d"] == 64
+    assert merged["meta"]["command"].count("muxkernels bench") == 2
+    with pytest.raises(SystemExit, match=r"saved run has sizes=.*'d': 8.*this one sizes=.*'d': 16"):
+        cli.main([*TINY_ARGS[:-1], "16", "--no-e2e", "--resume", str(saved)])
+
+
 def test_console_script_and_module_forward_to_the_bench():
     for command in (["-m", "muxkernels", "bench", "--help"], ["-m", "muxkernels.bench", "-h"]):
         done = subprocess.run([sys.executable, *command], capture_output=True, text=True,

@@ -9,6 +9,7 @@ reference paths at small sizes and a small encoder; kernel timings need a GPU.
     muxkernels bench --out results/ --readme README.md   # + JSON, CSV, PNG; README section
     muxkernels bench --ops index_demux --n 40 --modes fwd fwd+bwd --no-e2e
     muxkernels bench --report results/results.json --readme README.md   # re-render only
+    muxkernels bench --resume results/results.json --out results    # measure what it lacks
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="measure nothing: render a saved results.json")  # fmt: skip
     out.add_argument("--budget-s", type=float, help="stop starting op measurements after "
                      "this many seconds; what was left is listed as not measured")  # fmt: skip
+    out.add_argument("--resume", type=Path, metavar="RESULTS_JSON",
+                     help="add to a saved run of the same sizes: measure only the end to end "
+                     "run if it lacks one, and the (op, N) pairs it lacks")  # fmt: skip
     return p
 
 
@@ -165,6 +169,22 @@ def _emit(results: report.Results, args: argparse.Namespace) -> None:
         _log(f"rewrote the results section of {args.readme}")
 
 
+def _resumed(saved: report.Results, meta: dict) -> report.Results:
+    """A saved run to add to: the same device kind, dtype and op sizes, or an error. Its
+    end-to-end rows, if any, are kept (and not measured again)."""
+    differ = [k for k in ("gpu", "dtype", "sizes") if saved["meta"].get(k) != meta[k]]
+    if differ:
+        theirs = ", ".join(f"{k}={saved['meta'].get(k)}" for k in differ)
+        mine = ", ".join(f"{k}={meta[k]}" for k in differ)
+        raise SystemExit(f"--resume: the saved run has {theirs}, this one {mine}; "
+                         "pass the options of the saved run")  # fmt: skip
+    if not saved["end_to_end"]:
+        saved["meta"]["end_to_end_size"] = meta["end_to_end_size"]
+    saved["meta"]["command"] += "; " + meta["command"]
+    saved["meta"]["unmeasured"] = []
+    return saved
+
+
 def _encoder_size(args: argparse.Namespace, gpu: bool) -> end_to_end.EncoderSize | None:
     if args.no_e2e:
         return None
@@ -201,9 +221,12 @@ def _measure_ops(
 ) -> None:
     """Every op at every N; past the deadline, (op, N) pairs are listed, not measured."""
     impls = args.impls or (microbench.IMPLS if device.type == "cuda" else CPU_IMPLS)
+    measured = {(r["op"], r["n"]) for r in results["ops"]}
     for op in args.ops:
         rows = []
         for n in args.n:
+            if (op, n) in measured:
+                continue
             if time.monotonic() > deadline:
                 results["meta"]["unmeasured"].append(f"{op} N={n}")
                 continue
@@ -238,11 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes, size = _sizes(args, gpu), _encoder_size(args, gpu)
     command = " ".join(["muxkernels bench", *argv])
     results = {"meta": _meta(command, device, sizes, size), "ops": [], "end_to_end": []}
+    if args.resume:
+        results = _resumed(report.read_json(args.resume), results["meta"])
     _log(report.describe(results["meta"]))
     if not gpu:
         _log("note: on the CPU this times the reference paths at small sizes and a small "
              "encoder; kernel timings need a GPU")  # fmt: skip
-    if size is not None:
+    if size is not None and not results["end_to_end"]:
         _measure_end_to_end(args, results, size, device, sizes.dtype)
     if not args.no_ops:
         _measure_ops(args, results, sizes, device, deadline)
