@@ -144,9 +144,14 @@ def lowrank_factors_from_dense(
     """Recover factors (U, H) from dense low-rank matrices P[i] = U[:, S_i] @ H[:, S_i]ᵀ.
 
     Lets a published checkpoint, which stores the dense (N, d, d) ``instance_embedding``,
-    load into the factored layer. Each P[i] has rank c = d // N; its truncated SVD
+    load into the factored layer. Each P[i] must have rank c = d // N; its truncated SVD
     A S Bᵀ gives U[:, S_i] = A S and H[:, S_i] = B, which reproduce P[i] exactly (up to
     rounding) whatever rotation the SVD picks within the block. Columns past N·c stay zero.
+
+    Exact or an error, never a silent truncation: the largest singular value the
+    factoring would drop, relative to the largest kept one, must not exceed
+    ``lowrank_tolerance(dtype)`` (matrices trained with ``learn_muxing`` are no longer of
+    rank c; keep those dense).
     """
     n, d, _ = matrices.shape
     c = d // n
@@ -154,6 +159,16 @@ def lowrank_factors_from_dense(
         raise ValueError(f"matrices of shape {tuple(matrices.shape)} cannot be low-rank (d < N)")
     p = matrices.to(torch.float64)
     a, s, bh = torch.linalg.svd(p)
+    scale = float(s[:, 0].max())
+    dropped = float(s[:, c:].max()) / scale if c < d and scale > 0 else 0.0
+    tolerance = lowrank_tolerance(matrices.dtype)
+    if dropped > tolerance:
+        raise ValueError(
+            f"instance_embedding {tuple(matrices.shape)} is not of rank d // N = {c}: factoring "
+            f"it would drop a singular value {dropped:.3g} times the largest (allowed "
+            f"{tolerance:.1g} for {matrices.dtype}); a transform trained with learn_muxing "
+            "is dense: load it with learn_muxing=True or as muxing_variant='random_ortho'"
+        )
     u = torch.zeros(d, d, dtype=torch.float64, device=matrices.device)
     h = torch.zeros_like(u)
     for i in range(n):
@@ -161,3 +176,9 @@ def lowrank_factors_from_dense(
         u[:, block] = a[i, :, :c] * s[i, :c]
         h[:, block] = bh[i, :c, :].T
     return u.to(matrices.dtype), h.to(matrices.dtype)
+
+
+def lowrank_tolerance(dtype: torch.dtype) -> float:
+    """The largest relative singular value a low-rank factoring may drop: 64 ulp of ``dtype``
+    (a matrix of rank c stored in ``dtype`` has its other singular values at rounding level)."""
+    return 64 * torch.finfo(dtype).eps

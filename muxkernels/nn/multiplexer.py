@@ -11,6 +11,7 @@ from .. import transforms
 from .._backend import Backend
 from ..ops import hadamard_mux, lowrank_ortho_mux, ortho_mux
 from ..prefix import pad_batch
+from ..reference import lowrank_dense
 
 MuxingVariant = Literal[
     "gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank"
@@ -33,9 +34,11 @@ class Multiplexer(nn.Module):
     - ``random_ortho_low_rank``: P[i] = U[:, S_i] H[:, S_i]ᵀ, computed in factored form.
 
     Parameters: ``instance_embedding`` ((N, d) or (N, d, d), the published name) or, for
-    the low-rank variant, ``lowrank_u`` and ``lowrank_h`` (d, d); a published dense
-    low-rank ``instance_embedding`` loads too and is factored on load. Transforms are
-    frozen unless ``learn_muxing=True``.
+    the frozen low-rank variant, ``lowrank_u`` and ``lowrank_h`` (d, d); a published dense
+    low-rank ``instance_embedding`` loads too and is factored on load, exactly or with an
+    error naming the singular value it would drop. Transforms are frozen unless
+    ``learn_muxing=True``; a learned low-rank transform is kept dense (N, d, d), as the
+    published model learns it (training does not keep it low-rank).
 
     With ``pad=True`` a batch that is not a multiple of N gets its last group filled with
     copies of its last row; drop the extra outputs with ``outputs[:B]``. Without it, such a
@@ -66,12 +69,15 @@ class Multiplexer(nn.Module):
         self.pad = pad
         self.backend = backend
         n, d = num_instances, hidden_size
+        self.factored = muxing_variant == "random_ortho_low_rank" and not learn_muxing
         if muxing_variant == "random_ortho_low_rank":
             u, h = transforms.lowrank_factors(n, d, generator=generator)
-            self.lowrank_u = nn.Parameter(u, requires_grad=learn_muxing)
-            self.lowrank_h = nn.Parameter(h, requires_grad=learn_muxing)
-            return
-        if muxing_variant == "gaussian_hadamard":
+            if self.factored:
+                self.lowrank_u = nn.Parameter(u, requires_grad=False)
+                self.lowrank_h = nn.Parameter(h, requires_grad=False)
+                return
+            init = lowrank_dense(u, h, n)
+        elif muxing_variant == "gaussian_hadamard":
             init = transforms.gaussian_vectors(n, d, gaussian_hadamard_norm, generator=generator)
         elif muxing_variant == "binary_hadamard":
             init = transforms.binary_vectors(n, d, binary_hadamard_epsilon)
@@ -83,7 +89,7 @@ class Multiplexer(nn.Module):
         """Multiplex ``embeddings`` (B, L, d) or (B', N, L, d) into (B', L, d)."""
         if self.pad and embeddings.dim() == 3:
             embeddings, _ = pad_batch(embeddings, self.num_instances)
-        if self.muxing_variant == "random_ortho_low_rank":
+        if self.factored:
             return lowrank_ortho_mux(
                 embeddings,
                 self.lowrank_u,
@@ -91,17 +97,32 @@ class Multiplexer(nn.Module):
                 num_instances=self.num_instances,
                 backend=self.backend,
             )
-        if self.muxing_variant == "random_ortho":
+        if self.instance_embedding.dim() == 3:
             return ortho_mux(embeddings, self.instance_embedding, backend=self.backend)
         return hadamard_mux(embeddings, self.instance_embedding, backend=self.backend)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        dense_key = prefix + "instance_embedding"
-        if self.muxing_variant == "random_ortho_low_rank" and dense_key in state_dict:
+        """Low-rank transforms load from either form: dense → factors (exact or an error)
+        for the frozen layer, factors → dense for the learned one."""
+        dense_key, factor_keys = (
+            prefix + "instance_embedding",
+            (prefix + "lowrank_u", prefix + "lowrank_h"),
+        )
+        if self.factored and dense_key in state_dict:
             u, h = transforms.lowrank_factors_from_dense(state_dict.pop(dense_key))
-            state_dict[prefix + "lowrank_u"] = u
-            state_dict[prefix + "lowrank_h"] = h
+            state_dict[factor_keys[0]], state_dict[factor_keys[1]] = u, h
+        low_rank = self.muxing_variant == "random_ortho_low_rank"
+        if low_rank and not self.factored and all(k in state_dict for k in factor_keys):
+            u, h = (state_dict.pop(k) for k in factor_keys)
+            state_dict[dense_key] = lowrank_dense(u, h, self.num_instances)
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def published_transform(self) -> torch.Tensor:
+        """The published ``instance_embedding``: (N, d) vectors or (N, d, d) matrices (the
+        dense form of a factored low-rank transform)."""
+        if self.factored:
+            return lowrank_dense(self.lowrank_u, self.lowrank_h, self.num_instances)
+        return self.instance_embedding
 
     def extra_repr(self) -> str:
         return (
