@@ -17,15 +17,19 @@ from torch import nn
 
 
 class Embeddings(nn.Module):
-    """e = dropout(LayerNorm(word_embeddings[id] + position_embeddings[offset + t] + type)).
+    """e = dropout(LayerNorm(word_embeddings[id] + position_embeddings[p(t)] + type)).
 
     The parameter names are those of the Hugging Face BERT/RoBERTa embedding module that the
     published DataMUX code multiplexes (``word_embeddings``, ``position_embeddings``,
-    ``token_type_embeddings``, ``LayerNorm``). Positions are ``position_offset + t``
-    (RoBERTa: 2 = padding_idx + 1; it also gives its own padding tokens position 1, which
-    this module does not). Called Hugging Face style: ``forward(input_ids=…)`` embeds ids,
-    ``forward(inputs_embeds=x)`` adds positions and types to x — the published second pass
-    over the multiplexed mixture.
+    ``token_type_embeddings``, ``LayerNorm``). Positions p(t) = ``position_offset + t``
+    (BERT: 0), except with ``roberta_positions``: ids equal to ``pad_token_id`` get position
+    ``pad_token_id`` and every other id ``position_offset + k − 1``, k its 1-based index
+    among the row's non-pad ids (RoBERTa: offset 2 = padding_idx + 1, so pad + k).
+    ``pad_token_id`` is also the ``padding_idx`` of the word table (and, with
+    ``roberta_positions``, of the position table): those rows get no gradient.
+    Called Hugging Face style: ``forward(input_ids=…)`` embeds ids, ``forward(inputs_embeds=x)``
+    adds positions ``position_offset + t`` and types to x — the published second pass over
+    the multiplexed mixture.
     """
 
     def __init__(
@@ -37,14 +41,23 @@ class Embeddings(nn.Module):
         layer_norm_eps: float = 1e-5,
         dropout: float = 0.0,
         position_offset: int = 0,
+        pad_token_id: int | None = None,
+        roberta_positions: bool = False,
     ) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab_size, hidden_size)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
+        if roberta_positions and pad_token_id is None:
+            raise ValueError("roberta_positions=True needs a pad_token_id")
+        position_padding = pad_token_id if roberta_positions else None
+        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            max_position_embeddings, hidden_size, padding_idx=position_padding
+        )
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.position_offset = position_offset
+        self.pad_token_id = pad_token_id
+        self.roberta_positions = roberta_positions
 
     def forward(
         self,
@@ -56,6 +69,8 @@ class Embeddings(nn.Module):
         """Embed ``input_ids`` (…, L), or add positions and types to ``inputs_embeds`` (…, L, d)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if position_ids is None and input_ids is not None and self.roberta_positions:
+            position_ids = self.padding_positions(input_ids)
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         length = inputs_embeds.shape[-2]
@@ -68,12 +83,48 @@ class Embeddings(nn.Module):
             x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
+    def padding_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """RoBERTa's rule: pad ids → ``pad_token_id``, the k-th non-pad id → offset + k − 1."""
+        real = (input_ids != self.pad_token_id).long()
+        counted = self.position_offset - 1 + torch.cumsum(real, dim=-1)
+        return torch.where(real.bool(), counted, self.pad_token_id)
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(1 − mask) · (the dtype's lowest value), added to attention scores: Hugging Face's
+    extended mask, so a row whose keys are all masked attends uniformly instead of NaN."""
+    return (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min
+
+
+def encoder_layer(
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    *,
+    dropout: float = 0.0,
+    layer_norm_eps: float = 1e-5,
+    norm_first: bool = False,
+) -> nn.TransformerEncoderLayer:
+    """One ``nn.TransformerEncoderLayer`` (exact gelu, batch first). With ``norm_first=False``
+    it is the BERT/RoBERTa/ELECTRA layer: x = LN1(x + attn(x)); x = LN2(x + W2 gelu(W1 x))."""
+    return nn.TransformerEncoderLayer(
+        hidden_size,
+        num_heads,
+        intermediate_size,
+        dropout,
+        activation="gelu",
+        layer_norm_eps=layer_norm_eps,
+        batch_first=True,
+        norm_first=norm_first,
+    )
+
 
 class TransformerEncoder(nn.Module):
-    """A stack of ``nn.TransformerEncoderLayer`` (exact gelu, batch first): (B', L, d) → (B', L, d).
+    """A stack of ``encoder_layer`` s: (B', L, d) → (B', L, d).
 
     Pre-LayerNorm (``norm_first=True``, with a final ``norm``) trains from scratch more
-    easily; ``norm_first=False`` is the post-LayerNorm BERT/RoBERTa layout.
+    easily; ``norm_first=False`` is the post-LayerNorm BERT/RoBERTa layout. A mask is added
+    to the attention scores as Hugging Face does (``additive_mask``).
     """
 
     def __init__(
@@ -89,14 +140,12 @@ class TransformerEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
+            encoder_layer(
                 hidden_size,
                 num_heads,
                 intermediate_size,
-                dropout,
-                activation="gelu",
+                dropout=dropout,
                 layer_norm_eps=layer_norm_eps,
-                batch_first=True,
                 norm_first=norm_first,
             )
             for _ in range(num_layers)
@@ -107,7 +156,7 @@ class TransformerEncoder(nn.Module):
         self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Encode ``hidden`` (B', L, d); ``attention_mask`` (B', L) has 0 at ignored positions."""
-        padding = None if attention_mask is None else attention_mask == 0
+        padding = None if attention_mask is None else additive_mask(attention_mask, hidden.dtype)
         for layer in self.layers:
             hidden = layer(hidden, src_key_padding_mask=padding)
         return self.norm(hidden)
