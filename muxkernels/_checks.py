@@ -129,3 +129,23 @@ def check_index(name: str, index: torch.Tensor, shape: tuple[int, ...], num_inst
             f"{name} holds values in [{lo}, {hi}] but instance indices must lie in "
             f"[0, {num_instances - 1}] (num_instances={num_instances})"
         )
+
+
+def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
+    """``value`` must be one of ``allowed``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_int_at_least(name: str, value: object, low: int) -> None:
+    """``value`` must be an int (not a bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_number_in(name: str, value: object, low: float, high: float) -> None:
+    """``value`` must be a real number (not a bool) in [low, high]."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not low <= value <= high:
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")

@@ -88,10 +88,14 @@ def default_steps(num_instances: int) -> int:
 
 
 def demo_config(num_instances: int, setup: Setup, seed: int) -> MuxConfig:
-    """The warm-up model for N: DataMUX's gaussian_hadamard (norm 20) and index demux."""
+    """The warm-up model for N: DataMUX's gaussian_hadamard (norm 20) and index demux; the
+    N + 2 special ids (index ids V − (i + 2), cls, filler) sit above the content ids."""
+    vocab = CONTENT_VOCAB + num_instances + 2
     return MuxConfig(
-        vocab_size=CONTENT_VOCAB + num_instances + 2,
+        vocab_size=vocab,
         num_instances=num_instances,
+        filler_id=vocab - 1,
+        cls_id=CONTENT_VOCAB,
         hidden_size=setup.hidden_size,
         num_layers=setup.num_layers,
         num_heads=4,

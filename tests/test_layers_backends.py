@@ -94,7 +94,8 @@ def test_multiplexed_model_matches_reference_backend(backend):
     if not (runnable("hadamard_mux", backend) and runnable("index_demux", backend)):
         pytest.skip(f"{backend} cannot run the model's ops here")
     config = MuxConfig(vocab_size=40, num_instances=N, hidden_size=D, num_heads=2,
-                       intermediate_size=16, task="token", num_labels=LABELS)  # fmt: skip
+                       intermediate_size=16, task="token", num_labels=LABELS,
+                       filler_id=39, cls_id=40 - N - 2)  # fmt: skip
     kernel, reference = _pair(lambda be: MultiplexedModel(config, backend=be), backend)
     ids = torch.randint(0, 30, (2 * N, 6), generator=torch.Generator().manual_seed(2))
     _compare(kernel, reference, (ids,))

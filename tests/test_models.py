@@ -257,11 +257,11 @@ class RecordingEncoder(torch.nn.Module):
         return hidden + self.linear(hidden)
 
 
-def test_attention_mask_off_is_ignored_on_is_group_union():
+def test_attention_mask_off_is_published_on_is_group_union():
     ids, mask = token_ids(), torch.ones(GROUPS * N, L, dtype=torch.long)
     mask[:N, -2:] = 0  # group 0: every instance pads its last two positions
     mask[N, -1:] = 0  # group 1: only instance 0 pads, the others keep the position
-    off = randomized(MultiplexedModel(config(), encoder=RecordingEncoder()))
+    off = randomized(MultiplexedModel(config(use_attention_mask=False), encoder=RecordingEncoder()))
     torch.testing.assert_close(off(ids, mask), off(ids))
     assert off.encoder.masks == [None, None]
     on = randomized(MultiplexedModel(config(use_attention_mask=True), encoder=RecordingEncoder()))
@@ -319,10 +319,19 @@ def test_config_rejects(overrides, match):
         config(**overrides)
 
 
-def test_config_default_special_ids_take_the_top_of_the_vocabulary():
-    c = MuxConfig(vocab_size=VOCAB, num_instances=N)
-    assert c.index_ids == muxkernels.roberta_index_ids(VOCAB, N) == [22, 21, 20]
-    assert (c.cls_id, c.filler_id) == (VOCAB - N - 2, VOCAB - 1)
+def test_a_passed_mask_is_never_silently_ignored():
+    model = MultiplexedModel(config())
+    with pytest.raises(ValueError, match="use_attention_mask is None: set it to True"):
+        model(token_ids(), torch.ones(GROUPS * N, L, dtype=torch.long))
+
+
+def test_config_defaults_are_the_published_ones():
+    c = MuxConfig(vocab_size=50265, num_instances=N)
+    assert c.index_ids == muxkernels.roberta_index_ids(50265, N) == [50263, 50262, 50261]
+    assert (c.filler_id, c.cls_id) == (50000, 49923)
+    assert (c.task_loss_coeff, c.retrieval_loss_coeff, c.retrieval_percentage) == (0.9, 0.1, 1)
+    with pytest.raises(ValueError, match="filler 50000 and cls 49923 are the published"):
+        MuxConfig(vocab_size=VOCAB, num_instances=N)
 
 
 # --- encoders ------------------------------------------------------------------------------
@@ -343,7 +352,8 @@ def test_inputs_embeds_encoder_is_wrapped_and_matches():
     inner = TransformerEncoder(D, 1, 2, 16, layer_norm_eps=EPS).double().eval()
     hf = MultiplexedModel(config(use_attention_mask=True), encoder=FakeHFModel(inner))
     assert isinstance(hf.encoder, InputsEmbedsEncoder)
-    plain = MultiplexedModel(config(use_attention_mask=True), encoder=inner)
+    # a Hugging Face style model embeds inputs_embeds itself: the wrapper skips its own pass
+    plain = MultiplexedModel(config(use_attention_mask=True, embed_twice=False), encoder=inner)
     assert as_encoder(inner) is inner
     hf = randomized(hf)
     plain.double().eval().load_state_dict(
@@ -406,7 +416,14 @@ def test_retrieval_targets_pick_instance_j_of_group_g():
 def test_short_training_lowers_the_loss():
     torch.manual_seed(0)
     model = MultiplexedModel(
-        MuxConfig(vocab_size=16, num_instances=2, hidden_size=16, intermediate_size=32)
+        MuxConfig(
+            vocab_size=16,
+            num_instances=2,
+            hidden_size=16,
+            intermediate_size=32,
+            filler_id=15,
+            cls_id=12,
+        )
     )
     generator = torch.Generator().manual_seed(0)
     losses = train_retrieval(model, steps=40, groups=8, length=L, lr=1e-2, generator=generator)
@@ -428,6 +445,8 @@ def test_cuda_model_matches_cpu_reference(n):
     cfg = MuxConfig(
         vocab_size=1000,
         num_instances=n,
+        filler_id=999,
+        cls_id=998 - n,
         hidden_size=768,
         num_layers=2,
         num_heads=12,
@@ -456,7 +475,7 @@ def test_cuda_model_matches_cpu_reference(n):
 @pytest.mark.gpu
 def test_cuda_training_lowers_the_loss():
     torch.manual_seed(0)
-    model = MultiplexedModel(MuxConfig(vocab_size=70, num_instances=4)).cuda()
+    model = MultiplexedModel(MuxConfig(70, 4, filler_id=69, cls_id=64)).cuda()
     generator = torch.Generator().manual_seed(0)
     losses = train_retrieval(model, steps=60, groups=32, length=16, lr=1e-2, generator=generator)
     assert all(math.isfinite(x) for x in losses)

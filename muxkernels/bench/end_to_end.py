@@ -142,7 +142,7 @@ def build_pipelines(backbone: Backbone, task: str, n: int, *, seed: int) -> dict
         return _baseline(backbone, task, seed)
     emb, encoder, size = backbone.embeddings, backbone.encoder, backbone.size
     table = emb.word_embeddings.weight
-    special = MuxConfig(size.vocab, n)
+    special = MuxConfig(size.vocab, n, filler_id=size.vocab - 1, cls_id=size.vocab - n - 2)
     vectors = gaussian_vectors(n, size.d, generator=seed, dtype=table.dtype, device=table.device)
     head_type = {
         "token": mnn.IndexDemuxTokenClassificationHead,

@@ -1,6 +1,7 @@
 """Multiplexed models: the wrapper around any encoder, its checkpoints, the retrieval warm-up."""
 
 from .encoder import Embeddings, InputsEmbedsEncoder, TransformerEncoder, as_encoder, hf_encoder
+from .losses import MuxOutput
 from .multiplexed import TASKS, Encoded, MultiplexedModel, MuxConfig
 from .retrieval import (
     retrieval_accuracy,
@@ -17,6 +18,7 @@ __all__ = [
     "InputsEmbedsEncoder",
     "MultiplexedModel",
     "MuxConfig",
+    "MuxOutput",
     "TransformerEncoder",
     "as_encoder",
     "hf_encoder",

@@ -1,18 +1,19 @@
-"""A drop-in multiplexed model: embed, index-prefix, multiplex, encode, demultiplex.
+"""A drop-in multiplexed model: embed, prefix, multiplex, encode, demultiplex.
 
 The caller's batch of B = B'·N token sequences (row g·N+i is instance i of group g) runs
 through one encoder pass per group:
 
-    ids' = add_index_prefix(ids)                         (B, L' = N + 1 + L)
-    e    = embeddings(input_ids=ids')                    (B, L', d)
-    x    = multiplexer(e)                                (B', L', d)
+    ids' = front(ids)            index prefix (index demux), or cls_id at t = 0 (cls_at_first)
+    e    = embeddings(input_ids=ids')                    (B, L', e)
+    x    = multiplexer(e)                                (B', L', e)
     x    = embeddings(inputs_embeds=x)   if embed_twice  (the published second pass)
+    x    = embeddings_project(x)         if e != d       (ELECTRA)
     h    = encoder(x, mask)                              (B', L', d)
 
-then the heads of SPEC section 3 on h: ``retrieval_head`` (the warm-up, logits over the
-vocabulary) and, for a classification task, ``demultiplexer`` (sequence or token level).
-Module and parameter names follow the published DataMUX model (``instance_embedding``
-under ``multiplexer``; ``dense``, ``layer_norm``, ``decoder``, ``bias``, … under the heads).
+then the published heads on h (``muxkernels.models.heads``): ``retrieval_head`` and, for a
+classification task, ``demultiplexer`` (+ ``classifier`` for MUX-PLMs). Module and
+parameter names follow the published DataMUX and MUX-PLMs models; ``from_published`` /
+``to_published`` convert whole checkpoints (``muxkernels.models.published``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,39 @@ from torch import nn
 
 from .. import nn as mnn
 from .._backend import Backend
-from .._checks import check_integer, check_rank, check_shape, check_tensor
-from ..nn.multiplexer import MuxingVariant
-from ..prefix import add_index_prefix, pad_batch, roberta_index_ids
-from .encoder import Embeddings, TransformerEncoder, as_encoder
+from .._checks import (
+    check_choice,
+    check_int_at_least,
+    check_integer,
+    check_number_in,
+    check_rank,
+    check_shape,
+    check_tensor,
+)
+from ..nn.multiplexer import MUXING_VARIANTS
+from ..prefix import (
+    ROBERTA_CLS_ID,
+    ROBERTA_FILLER_ID,
+    add_index_prefix,
+    pad_batch,
+    roberta_index_ids,
+)
+from . import heads, losses
+from .contextual import ContextualMultiplexer
+from .encoder import Embeddings, TransformerEncoder, as_encoder, takes_inputs_embeds
 
 Task = Literal["retrieval", "sequence", "token"]
 TASKS: tuple[str, ...] = ("retrieval", "sequence", "token")
+MuxingVariant = Literal[
+    "gaussian_hadamard",
+    "binary_hadamard",
+    "random_ortho",
+    "random_ortho_low_rank",
+    "gaussian_attention_v2",
+]
+MODEL_MUXING_VARIANTS: tuple[str, ...] = (*MUXING_VARIANTS, "gaussian_attention_v2")
+DemuxingVariant = Literal["index", "mlp", "index_pos"]
+HeadStyle = Literal["datamux", "muxplms_bert", "muxplms_electra"]
 CHECKPOINT_FORMAT = "muxkernels.models.MultiplexedModel/1"
 
 
@@ -42,15 +69,37 @@ CHECKPOINT_FORMAT = "muxkernels.models.MultiplexedModel/1"
 class MuxConfig:
     """Everything that rebuilds a ``MultiplexedModel`` (saved with its checkpoints).
 
-    Special ids default to the top N + 2 ids of the vocabulary: ``index_ids[i]`` =
-    V − (i + 2) (the published rule), ``cls_id`` = V − N − 2, ``filler_id`` = V − 1; ids
-    below them are free for content. ``use_attention_mask=False`` is the published
-    behaviour (the encoder sees no mask, whatever the caller passes); ``True`` masks the
-    positions that are padding in all N instances of a group. ``pad=True`` fills a last incomplete
-    group with copies of the last row and drops their outputs; otherwise such a batch is
-    an error. ``seed`` draws the multiplexing transforms. The modules the model builds
-    itself start as the published ones do: Linear and Embedding weights ~
-    N(0, ``initializer_range``²), biases 0, LayerNorm 1 and 0.
+    Defaults are the published DataMUX ones: index ids ``index_ids[i]`` = V − (i + 2),
+    ``filler_id`` 50000, ``cls_id`` 49923 (RoBERTa's vocabulary: pass your own ids for a
+    vocabulary of 50000 tokens or fewer), loss weights 0.9 (task) and 0.1 (retrieval),
+    ``retrieval_percentage`` 1.
+
+    - ``muxing_variant``: the four ``muxkernels.nn.Multiplexer`` variants or MUX-PLMs'
+      contextual ``gaussian_attention_v2`` (``ContextualMultiplexer``).
+    - ``demuxing_variant``: "index" (index prefix, SPEC 3), "mlp" (SPEC 4), "index_pos"
+      (MUX-PLMs, SPEC 5, with ``num_hidden_demux_layers`` >= 2); ``heads`` picks the
+      published head style: "datamux" (index, mlp), "muxplms_bert" or "muxplms_electra"
+      (index, index_pos) — see ``muxkernels.models.heads``.
+    - ``cls_at_first``: the first token of every sequence is replaced by ``cls_id`` (the
+      published mlp front end, and MUX-PLMs BERT's index_pos); None = mlp only.
+    - ``special_positions``: leading positions that get no retrieval label; None = the
+      index prefix N + 1 for index demux, else 0.
+    - ``pad_token_id``: the padding id (no retrieval label; ``padding_idx`` of the word
+      table); ``roberta_positions``: RoBERTa's position rule (see ``Embeddings``).
+    - ``embedding_size``: width of the embeddings and the multiplexer when it differs from
+      ``hidden_size`` (ELECTRA: an ``embeddings_project`` Linear follows the second pass).
+    - ``embed_twice``: the published second embedding pass over the mixture. None = on,
+      except that a Hugging Face style encoder (``inputs_embeds``) makes it itself.
+    - ``use_attention_mask``: True masks the encoder's attention to positions that are
+      padding in all N instances of a group; False is the published behaviour (the encoder
+      sees no mask; a passed mask still drops token-task loss positions and masks the
+      contextual multiplexer). None (the default) refuses a passed mask: choose.
+    - ``pad=True`` fills a last incomplete group with copies of the last row and drops
+      their outputs; otherwise such a batch is an error. ``seed`` draws the transforms.
+
+    The modules the model builds itself start as the published ones do: Linear and
+    Embedding weights ~ N(0, ``initializer_range``²) (padding rows 0), biases 0, LayerNorm 1
+    and 0.
     """
 
     vocab_size: int
@@ -62,6 +111,7 @@ class MuxConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 1
     position_offset: int = 0
+    embedding_size: int | None = None
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0
     initializer_range: float = 0.02
@@ -70,13 +120,23 @@ class MuxConfig:
     gaussian_hadamard_norm: float = 1.0
     binary_hadamard_epsilon: float = 0.0
     learn_muxing: bool = False
+    demuxing_variant: DemuxingVariant = "index"
+    num_hidden_demux_layers: int = 2
+    heads: HeadStyle = "datamux"
     task: Task = "retrieval"
     num_labels: int = 0
     filler_id: int | None = None
     cls_id: int | None = None
     index_ids: list[int] | None = None
-    embed_twice: bool = True
-    use_attention_mask: bool = False
+    cls_at_first: bool | None = None
+    special_positions: int | None = None
+    pad_token_id: int | None = None
+    roberta_positions: bool = False
+    task_loss_coeff: float = 0.9
+    retrieval_loss_coeff: float = 0.1
+    retrieval_percentage: float = 1.0
+    embed_twice: bool | None = None
+    use_attention_mask: bool | None = None
     pad: bool = False
     seed: int = 0
 
@@ -86,26 +146,64 @@ class MuxConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task != "retrieval" and self.num_labels < 1:
             raise ValueError(f"task={self.task!r} needs num_labels >= 1, got {self.num_labels}")
+        check_choice("muxing_variant", self.muxing_variant, MODEL_MUXING_VARIANTS)
+        check_choice("demuxing_variant", self.demuxing_variant, heads.DEMUXING_VARIANTS)
+        check_choice("heads", self.heads, heads.HEAD_STYLES)
+        check_int_at_least("num_hidden_demux_layers", self.num_hidden_demux_layers, 2)
+        published = {"datamux": ("index", "mlp")}.get(self.heads, ("index", "index_pos"))
+        if self.demuxing_variant not in published:
+            raise ValueError(
+                f"heads={self.heads!r} has no {self.demuxing_variant!r} demultiplexer (published "
+                f"ones: {published}); DataMUX has index and mlp, MUX-PLMs index and index_pos"
+            )
+        for name in ("task_loss_coeff", "retrieval_loss_coeff"):
+            check_number_in(name, getattr(self, name), 0.0, float("inf"))
+        check_number_in("retrieval_percentage", self.retrieval_percentage, 0.0, 1.0)
         if self.index_ids is None:
             self.index_ids = roberta_index_ids(v, n)
         self.index_ids = [int(i) for i in self.index_ids]
         if self.cls_id is None:
-            self.cls_id = v - n - 2
+            self.cls_id = ROBERTA_CLS_ID
         if self.filler_id is None:
-            self.filler_id = v - 1
-        special = [*self.index_ids, self.cls_id, self.filler_id]
-        if len(self.index_ids) != n or len(set(special)) != n + 2:
+            self.filler_id = ROBERTA_FILLER_ID
+        if self.cls_at_first is None:
+            self.cls_at_first = self.demuxing_variant == "mlp"
+        if self.special_positions is None:
+            self.special_positions = self.prefix_length
+        check_int_at_least("special_positions", self.special_positions, 0)
+        if self.roberta_positions and self.pad_token_id is None:
+            raise ValueError("roberta_positions=True needs a pad_token_id")
+        self._check_special_ids()
+
+    def _check_special_ids(self) -> None:
+        n, v = self.num_instances, self.vocab_size
+        if self.demuxing_variant == "index":
+            special = [*self.index_ids, self.cls_id, self.filler_id]
+            if len(self.index_ids) != n or len(set(special)) != n + 2:
+                raise ValueError(
+                    f"need {n} index ids and distinct filler and cls ids, got index_ids="
+                    f"{self.index_ids}, cls_id={self.cls_id}, filler_id={self.filler_id}"
+                )
+        else:
+            special = [self.cls_id] if self.cls_at_first else []
+        if self.pad_token_id is not None:
+            special.append(self.pad_token_id)
+        if special and (min(special) < 0 or max(special) >= v):
             raise ValueError(
-                f"need {n} index ids and distinct filler and cls ids, got index_ids="
-                f"{self.index_ids}, cls_id={self.cls_id}, filler_id={self.filler_id}"
+                f"special ids {special} must lie in [0, vocab_size={v}) (filler 50000 and cls "
+                "49923 are the published RoBERTa defaults: pass filler_id and cls_id for a "
+                "smaller vocabulary)"
             )
-        if min(special) < 0 or max(special) >= v:
-            raise ValueError(f"special ids {special} must lie in [0, vocab_size={v})")
 
     @property
     def prefix_length(self) -> int:
-        """N + 1: the index positions and the shared CLS in front of every sequence."""
-        return self.num_instances + 1
+        """Positions in front of the caller's sequence: N + 1 for index demux, else 0."""
+        return self.num_instances + 1 if self.demuxing_variant == "index" else 0
+
+    @property
+    def width(self) -> int:
+        """The embeddings' and multiplexer's width: ``embedding_size`` or ``hidden_size``."""
+        return self.embedding_size or self.hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,24 +215,33 @@ class MuxConfig:
 
 @dataclass(frozen=True)
 class Encoded:
-    """The encoder output of one batch, ``hidden`` (B', L', d), and the caller's batch size B
-    (B'·N minus the rows that ``pad`` added)."""
+    """The encoder output of one batch: ``hidden`` (B', L', d); the caller's batch size B
+    (B'·N minus the rows that ``pad`` added); ``input_ids`` (B'·N, L') and
+    ``attention_mask`` (B'·N, L) or None as the model saw them (padded, front end applied)."""
 
     hidden: torch.Tensor
     batch_size: int
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
 
 
 class MultiplexedModel(nn.Module):
-    """Embedding module + index prefix + multiplexer + any encoder + demultiplexing heads.
+    """Embedding module + front end + multiplexer + any encoder + the published heads.
 
     ``embeddings`` defaults to the built-in ``Embeddings`` and ``encoder`` to the built-in
     ``TransformerEncoder``, both sized by ``config``. Any encoder mapping (B', L, d) to
     (B', L, d) works: one called as ``encoder(hidden, attention_mask)``, or a Hugging Face
-    style model taking ``inputs_embeds`` (wrapped in ``InputsEmbedsEncoder``).
+    style model taking ``inputs_embeds`` (wrapped in ``InputsEmbedsEncoder``), whose own
+    embedding module then serves as ``embeddings`` by default and makes the second pass, as
+    in the published model (positions added once per pass, word-embedding gradients flow).
 
     - ``forward(input_ids, attention_mask)``: the task's logits — (B, C) for "sequence",
       (B, L, C) for "token", (B, L, V) for "retrieval" (every instance's token at every
-      position). Row g·N+i is instance i of group g; the prefix positions are dropped.
+      position). Row g·N+i is instance i of group g; the index prefix is dropped.
+    - ``forward(input_ids, attention_mask, labels=…)``: the published training objective
+      as a ``MuxOutput`` (loss, task_loss, retrieval_loss, logits); see
+      ``muxkernels.models.losses``. Labels: (B,) for "sequence", (B, L) for "token" and for
+      "retrieval" (the token of each instance, masked-LM style), −100 ignored.
     - ``retrieve(input_ids, instance_index)``: the warm-up's logits (B', L, V) for the
       token of instance index[g, t] at each position t.
     """
@@ -150,30 +257,34 @@ class MultiplexedModel(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        n, d, eps = c.num_instances, c.hidden_size, c.layer_norm_eps
+        d, e, eps = c.hidden_size, c.width, c.layer_norm_eps
+        hugging_face = encoder is not None and takes_inputs_embeds(encoder)
+        if hugging_face and c.embed_twice:
+            raise ValueError(
+                "embed_twice=True with a Hugging Face style encoder would add positions a third "
+                "time: the encoder embeds inputs_embeds itself (the published second pass); "
+                "leave embed_twice=None"
+            )
+        self.second_pass = not hugging_face and c.embed_twice is not False
         built: list[nn.Module] = []
+        if embeddings is None and hugging_face and hasattr(encoder, "embeddings"):
+            embeddings = encoder.embeddings
         if embeddings is None:
             embeddings = Embeddings(
                 c.vocab_size,
-                d,
+                e,
                 c.max_position_embeddings,
                 c.type_vocab_size,
                 eps,
                 c.dropout,
                 c.position_offset,
+                c.pad_token_id,
+                c.roberta_positions,
             )
             built.append(embeddings)
         self.embeddings = embeddings
-        self.multiplexer = mnn.Multiplexer(
-            n,
-            d,
-            c.muxing_variant,
-            learn_muxing=c.learn_muxing,
-            gaussian_hadamard_norm=c.gaussian_hadamard_norm,
-            binary_hadamard_epsilon=c.binary_hadamard_epsilon,
-            generator=c.seed,
-            backend=backend,
-        )
+        self.multiplexer = self._build_multiplexer(backend)
+        self.embeddings_project = None
         if encoder is None:
             encoder = TransformerEncoder(
                 d,
@@ -185,24 +296,59 @@ class MultiplexedModel(nn.Module):
                 norm_first=c.norm_first,
             )
             built.append(encoder)
+            if e != d:
+                self.embeddings_project = nn.Linear(e, d)
+                built.append(self.embeddings_project)
         self.encoder = as_encoder(encoder)
-        self.retrieval_head = mnn.IndexDemuxRetrievalHead(n, d, c.vocab_size, eps, backend=backend)
-        heads = {
-            "sequence": mnn.IndexDemuxSequenceClassificationHead,
-            "token": mnn.IndexDemuxTokenClassificationHead,
-        }
         self.demultiplexer = None
-        if c.task in heads:
-            self.demultiplexer = heads[c.task](n, d, c.num_labels, eps, backend=backend)
-            built.append(self.demultiplexer)
-        for module in [*built, self.retrieval_head]:
+        for name, module in heads.build_heads(c, backend).items():
+            setattr(self, name, module)
+            built.append(module)
+        if c.muxing_variant == "gaussian_attention_v2":
+            built += [self.multiplexer.muxing_attention, self.multiplexer.muxing_attention_2]
+        for module in built:
             module.apply(self._init_weights)
+        for param in heads.unread_parameters(self):
+            param.requires_grad_(False)
+
+    def _build_multiplexer(self, backend: Backend) -> nn.Module:
+        c = self.config
+        if c.muxing_variant == "gaussian_attention_v2":
+            return ContextualMultiplexer(
+                c.num_instances,
+                c.width,
+                c.num_heads,
+                c.intermediate_size,
+                layer_norm_eps=c.layer_norm_eps,
+                dropout=c.dropout,
+                gaussian_hadamard_norm=c.gaussian_hadamard_norm,
+                learn_muxing=c.learn_muxing,
+                mask_instances=c.task == "sequence",
+                generator=c.seed,
+            )
+        return mnn.Multiplexer(
+            c.num_instances,
+            c.width,
+            c.muxing_variant,
+            learn_muxing=c.learn_muxing,
+            gaussian_hadamard_norm=c.gaussian_hadamard_norm,
+            binary_hadamard_epsilon=c.binary_hadamard_epsilon,
+            generator=c.seed,
+            backend=backend,
+        )
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions the front end adds in front of the caller's sequence (N + 1 or 0)."""
+        return self.config.prefix_length
 
     def _init_weights(self, module: nn.Module) -> None:
         """The published initialisation of one module (caller-supplied modules keep theirs)."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
         if isinstance(module, nn.LayerNorm):
@@ -219,6 +365,13 @@ class MultiplexedModel(nn.Module):
         n, batch = self.config.num_instances, input_ids.shape[0]
         if attention_mask is not None:
             check_shape("attention_mask", attention_mask, tuple(input_ids.shape), "as input_ids")
+            if self.config.use_attention_mask is None:
+                raise ValueError(
+                    "an attention_mask was passed but MuxConfig.use_attention_mask is None: set "
+                    "it to True (the encoder masks positions padded in all N instances) or False "
+                    "(the published model: the encoder sees no mask; the mask still drops "
+                    "token-task loss positions and masks the contextual multiplexer)"
+                )
         if batch % n == 0:
             return input_ids, attention_mask, batch
         if not self.config.pad:
@@ -231,44 +384,96 @@ class MultiplexedModel(nn.Module):
             attention_mask, _ = pad_batch(attention_mask, n)
         return input_ids, attention_mask, batch
 
+    def _front(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The index prefix (index demux), or ``cls_id`` at t = 0 (``cls_at_first``)."""
+        c = self.config
+        if c.demuxing_variant == "index":
+            return add_index_prefix(input_ids, c.num_instances, c.index_ids, c.filler_id, c.cls_id)
+        if c.cls_at_first:
+            input_ids = input_ids.clone()
+            input_ids[:, 0] = c.cls_id
+        return input_ids
+
+    def _prefixed_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask extended with ones over the prefix: (B, L')."""
+        if attention_mask is None:
+            return None
+        return F.pad(attention_mask, (self.prefix_length, 0), value=1)
+
     def _mixed_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """(B', L'): 1 on the prefix and where any instance of the group has a real token."""
         if attention_mask is None or not self.config.use_attention_mask:
             return None
         n = self.config.num_instances
-        grouped = attention_mask.reshape(-1, n, attention_mask.shape[1]).amax(dim=1)
-        return F.pad(grouped, (n + 1, 0), value=1)
+        return attention_mask.reshape(-1, n, attention_mask.shape[1]).amax(dim=1)
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> Encoded:
-        """Prefix, embed, multiplex and encode a (B, L) id batch: hidden (B', L', d)."""
-        c = self.config
+        """Front end, embed, multiplex and encode a (B, L) id batch: hidden (B', L', d)."""
         input_ids, attention_mask, batch = self._group(input_ids, attention_mask)
-        prefixed = add_index_prefix(input_ids, c.num_instances, c.index_ids, c.filler_id, c.cls_id)
-        x = self.multiplexer(self.embeddings(input_ids=prefixed))
-        if c.embed_twice:
+        fronted, mask = self._front(input_ids), self._prefixed_mask(attention_mask)
+        e = self.embeddings(input_ids=fronted)
+        if isinstance(self.multiplexer, ContextualMultiplexer):
+            x = self.multiplexer(e, mask)
+        else:
+            x = self.multiplexer(e)
+        if self.second_pass:
             x = self.embeddings(inputs_embeds=x)
-        hidden = self.encoder(x, self._mixed_mask(attention_mask))
-        return Encoded(hidden, batch)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        hidden = self.encoder(x, self._mixed_mask(mask))
+        return Encoded(hidden, batch, fronted, attention_mask)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The task's logits for a (B, L) batch; see the class docstring for shapes."""
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | losses.MuxOutput:
+        """The task's logits, or with ``labels`` the published objective (``generator``
+        draws the retrieval instances); see the class docstring for shapes."""
         encoded = self.encode(input_ids, attention_mask)
-        start = self.config.prefix_length
-        if self.demultiplexer is None:
-            return self.retrieve_all(encoded)
-        logits, _ = self.demultiplexer(encoded.hidden, encoded.batch_size)
-        return logits if self.config.task == "sequence" else logits[:, start:]
+        logits = heads.task_logits(self, encoded.hidden, encoded.batch_size)
+        if labels is None:
+            return logits
+        return self._objective(encoded, logits, labels, generator)
 
-    def retrieve_all(self, encoded: Encoded) -> torch.Tensor:
-        """Retrieval logits of every instance at every position: (B, L, V)."""
-        head, start = self.retrieval_head, self.config.prefix_length
-        # the retrieval head's own demultiplexer, token gather (its forward is the selected one)
-        u = mnn.IndexDemultiplexer.forward(head, encoded.hidden, "token")
-        return head.decoder(u.flatten(0, 1)[: encoded.batch_size, start:])
+    def _objective(
+        self,
+        encoded: Encoded,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> losses.MuxOutput:
+        """task_loss_coeff · task loss + retrieval_loss_coeff · retrieval loss."""
+        c = self.config
+        check_tensor("labels", labels)
+        check_shape("labels", labels, tuple(logits.shape[:-1]), "one label per output row")
+        mask = encoded.attention_mask
+        token_mask = mask[: encoded.batch_size] if c.task == "token" and mask is not None else None
+        task = losses.task_loss(logits, labels, token_mask)
+        groups, length = encoded.hidden.shape[:2]
+        index, dropped = losses.draw_retrieval(
+            groups,
+            length,
+            c.num_instances,
+            c.special_positions,
+            c.retrieval_percentage,
+            generator=generator,
+            device=labels.device,
+        )
+        targets = losses.retrieval_labels(
+            encoded.input_ids, index, dropped, c.special_positions, c.pad_token_id
+        )
+        retrieval_logits = self.retrieval_head(encoded.hidden, index)
+        retrieval = F.cross_entropy(
+            retrieval_logits.flatten(0, 1), targets.flatten(), ignore_index=losses.IGNORE_INDEX
+        )
+        loss = losses.weighted_loss(task, retrieval, c.task_loss_coeff, c.retrieval_loss_coeff)
+        return losses.MuxOutput(loss, task, retrieval, logits)
 
     def retrieve(
         self,
@@ -282,7 +487,7 @@ class MultiplexedModel(nn.Module):
         """
         encoded = self.encode(input_ids, attention_mask)
         groups, prefixed_length = encoded.hidden.shape[:2]
-        start = self.config.prefix_length
+        start = self.prefix_length
         check_shape(
             "instance_index",
             instance_index,
@@ -291,6 +496,28 @@ class MultiplexedModel(nn.Module):
         )
         index = F.pad(instance_index, (start, 0))  # prefix positions: any instance, dropped
         return self.retrieval_head(encoded.hidden, index)[:, start:]
+
+    @classmethod
+    def from_published(
+        cls,
+        checkpoint: str | Path | dict[str, torch.Tensor],
+        config: str | Path | dict[str, Any] | None = None,
+        **options: Any,
+    ) -> MultiplexedModel:
+        """A model whose outputs equal the published DataMUX / MUX-PLMs model's; the options
+        are those of ``muxkernels.models.published.from_published``."""
+        from .published import from_published
+
+        return from_published(checkpoint, config, **options)
+
+    def to_published(
+        self, directory: str | Path | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(state dict, config.json values) for the published code; written to ``directory``
+        (pytorch_model.bin, config.json) when given. See ``muxkernels.models.published``."""
+        from .published import to_published
+
+        return to_published(self, directory)
 
     def save(self, path: str | Path) -> None:
         """Write the config and the state dict to ``path`` (one ``torch.save`` file)."""

@@ -5,6 +5,7 @@ from .heads import (
     IndexDemuxRetrievalHead,
     IndexDemuxSequenceClassificationHead,
     IndexDemuxTokenClassificationHead,
+    MLPDemuxRetrievalHead,
     MLPDemuxSequenceClassificationHead,
     MLPDemuxTokenClassificationHead,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "IndexDemuxTokenClassificationHead",
     "IndexPosDemultiplexer",
     "MLPDemultiplexer",
+    "MLPDemuxRetrievalHead",
     "MLPDemuxSequenceClassificationHead",
     "MLPDemuxTokenClassificationHead",
     "Multiplexer",

@@ -23,10 +23,13 @@ def _tied_decoder(head: nn.Module, hidden_size: int, out_features: int) -> None:
     head.decoder.bias = head.bias
 
 
-def _rows(t: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-    """Flatten (B', N, …) to (B'·N, …) and keep the first ``batch_size`` rows."""
+def caller_rows(t: torch.Tensor, batch_size: int | None, start: int = 0) -> torch.Tensor:
+    """Flatten (B', N, …) to the caller's rows (B'·N, …), keep the first ``batch_size`` rows
+    and, for (B', N, L, …), the positions from ``start`` on."""
     flat = t.flatten(0, 1)
-    return flat if batch_size is None else flat[:batch_size]
+    if batch_size is not None and batch_size != flat.shape[0]:
+        flat = flat[:batch_size]
+    return flat[:, start:] if start else flat
 
 
 class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
@@ -51,7 +54,7 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u = _rows(super().forward(hidden, "token"), batch_size)
+        u = caller_rows(super().forward(hidden, "token"), batch_size)
         return self.decoder(u), u
 
     def logits(self, hidden: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -70,7 +73,7 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
             eps=self.layer_norm.eps,
             backend=self.backend,
         )
-        return _rows(logits, batch_size)
+        return caller_rows(logits, batch_size)
 
 
 class IndexDemuxSequenceClassificationHead(IndexDemultiplexer):
@@ -97,7 +100,7 @@ class IndexDemuxSequenceClassificationHead(IndexDemultiplexer):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u = _rows(super().forward(hidden, "sequence"), batch_size)
+        u = caller_rows(super().forward(hidden, "sequence"), batch_size)
         return self.out_proj(F.gelu(self.dense_before_out_proj(u))), u
 
 
@@ -122,6 +125,13 @@ class IndexDemuxRetrievalHead(IndexDemultiplexer):
 
     def forward(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return self.decoder(super().forward(hidden, "selected", index))
+
+    def every_instance(
+        self, hidden: torch.Tensor, batch_size: int | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Logits of every instance at every position from ``start``: (B, L' − start, V)."""
+        u = caller_rows(super().forward(hidden, "token"), batch_size, start)
+        return self.decoder(u)
 
 
 class _MLPDemuxHead(nn.Module):
@@ -160,7 +170,7 @@ class MLPDemuxSequenceClassificationHead(_MLPDemuxHead):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u = _rows(self.demux_module(hidden[:, :1])[:, :, 0], batch_size)
+        u = caller_rows(self.demux_module(hidden[:, :1])[:, :, 0], batch_size)
         return self._project(u), u
 
 
@@ -173,5 +183,46 @@ class MLPDemuxTokenClassificationHead(_MLPDemuxHead):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        u = _rows(self.demux_module(hidden), batch_size)
+        u = caller_rows(self.demux_module(hidden), batch_size)
         return self._project(u), u
+
+
+class MLPDemuxRetrievalHead(nn.Module):
+    """The published MLP retrieval head: branch j[g,t] of ``demux_module`` at each position,
+    then shared ``dense_pre_vocab``, ``layer_norm_pre_vocab`` and ``decoder`` (bias tied to
+    ``bias``): logits = decoder(LN_pre(gelu(dense_pre_vocab(u_j)))).
+
+    ``forward(hidden (B', L, d), index (B', L))`` → (B', L, V);
+    ``every_instance(hidden, batch_size, start)`` → (B, L − start, V), rows g·N+i.
+    """
+
+    def __init__(
+        self,
+        num_instances: int,
+        hidden_size: int,
+        vocab_size: int,
+        layer_norm_eps: float = 1e-5,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_instances = num_instances
+        self.demux_module = MLPDemultiplexer(
+            num_instances, hidden_size, layer_norm_eps, backend=backend
+        )
+        self.dense_pre_vocab = nn.Linear(hidden_size, hidden_size)
+        self.layer_norm_pre_vocab = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        _tied_decoder(self, hidden_size, vocab_size)
+
+    def _project(self, u: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm_pre_vocab(F.gelu(self.dense_pre_vocab(u))))
+
+    def forward(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        u = self.demux_module(hidden)  # (B', N, L, d)
+        picked = index.long()[:, None, :, None].expand(-1, 1, -1, u.shape[-1])
+        return self._project(u.gather(1, picked).squeeze(1))
+
+    def every_instance(
+        self, hidden: torch.Tensor, batch_size: int | None = None, start: int = 0
+    ) -> torch.Tensor:
+        return self._project(caller_rows(self.demux_module(hidden), batch_size, start))
