@@ -135,6 +135,28 @@ def unread_parameters(model: MultiplexedModel) -> list[nn.Parameter]:
 def task_logits(model: MultiplexedModel, hidden: torch.Tensor, batch: int) -> torch.Tensor:
     """The task's logits from the encoder output: (B, C) for "sequence", (B, L, C) for
     "token" (the caller's positions), (B, L, V) for "retrieval" (every instance)."""
+    return unviewed(_task_logits(model, hidden, batch))
+
+
+def unviewed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without a view relation to another tensor, for a module's output.
+
+    A Linear over a 3-d input returns a view of its 2-d result, and FSDP2 warns about a
+    module returning a view (an in-place op on it would skip FSDP's pre-backward hook).
+    When ``t`` covers its whole base contiguously, ``aten._unsafe_view`` gives the same
+    tensor, no copy, without the relation (what ``torch.matmul`` does for its results);
+    otherwise it is copied.
+    """
+    base = t._base
+    if base is None or torch.compiler.is_compiling():
+        return t
+    whole = t.is_contiguous() and base.is_contiguous() and t.numel() == base.numel()
+    if whole and t.storage_offset() == base.storage_offset():
+        return torch.ops.aten._unsafe_view(base, t.shape)
+    return t.clone()
+
+
+def _task_logits(model: MultiplexedModel, hidden: torch.Tensor, batch: int) -> torch.Tensor:
     c, start = model.config, model.prefix_length
     if c.task == "retrieval":
         return model.retrieval_head.every_instance(hidden, batch, start)
