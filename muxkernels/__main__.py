@@ -1,4 +1,4 @@
-"""Command line: ``muxkernels info``, ``check``, ``demo`` and ``bench`` (also
+"""Command line: ``muxkernels info``, ``check``, ``demo``, ``convert`` and ``bench`` (also
 ``python -m muxkernels``)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 from . import __version__, _backend, _extension
 from ._selfcheck import format_rows, run_checks
+from .models import convert_cli
 
 DTYPES = {
     "float64": torch.float64,
@@ -89,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="cpu or cuda")
     demo.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
+    convert_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
         return _demo(args)
+    if args.command == "convert":
+        return convert_cli.run(args)
     return _check(args)
 
 

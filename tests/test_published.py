@@ -112,3 +112,133 @@ def test_to_published_gives_back_every_key(published):
     for key, tensor in state.items():
         torch.testing.assert_close(back[key], tensor, rtol=1e-12, atol=1e-12, msg=key)
     assert config_from_published(values) == model.config
+
+
+# --- low rank: exact or an error, learned ones dense ----------------------------------------
+
+
+def low_rank_case(**extra):
+    spec = make_spec("bert", "sequence", muxing_variant="random_ortho_low_rank", **extra)
+    return spec, random_published_state(spec)
+
+
+def test_a_trained_low_rank_transform_is_refused_by_name_when_frozen():
+    spec, state = low_rank_case()
+    state["instance_embedding"] = state["instance_embedding"] + 1e-3 * torch.randn(
+        state["instance_embedding"].shape, generator=torch.Generator().manual_seed(0), dtype=F64
+    )
+    with pytest.raises(ValueError, match=r"not of rank d // N = 4: .* drop a singular value"):
+        MultiplexedModel.from_published(state, spec)
+
+
+def test_a_learned_low_rank_transform_loads_dense_and_matches():
+    spec, state = low_rank_case(learn_muxing=1)
+    state["instance_embedding"] = state["instance_embedding"] + 0.1 * torch.randn(
+        state["instance_embedding"].shape, generator=torch.Generator().manual_seed(0), dtype=F64
+    )
+    model = MultiplexedModel.from_published(state, spec)
+    assert model.multiplexer.instance_embedding.requires_grad
+    ids, mask = padded_batch(spec)
+    torch.testing.assert_close(model(ids, mask), published_logits(spec, state, ids, mask))
+    torch.testing.assert_close(
+        to_published(model)[0]["instance_embedding"], state["instance_embedding"]
+    )
+
+
+# --- what loads and what does not ----------------------------------------------------------
+
+
+def bert_case(task="sequence"):
+    spec = make_spec("bert", task)
+    return spec, random_published_state(spec)
+
+
+def test_keys_the_published_loader_skips_are_dropped_and_shared_keys_may_appear_once():
+    spec, state = bert_case()
+    ids, mask = padded_batch(spec)
+    expected = published_logits(spec, state, ids, mask)
+    state["bert.pooler.dense.weight"] = torch.zeros(12, 12, dtype=F64)
+    state["bert.embeddings.position_ids"] = torch.arange(40)[None]
+    copies = ("demultiplexer.demux_module.", "retrieval_head.demux_module.")
+    state = {k: v for k, v in state.items() if not k.startswith(copies)}  # a deduplicated save
+    model = MultiplexedModel.from_published(state, spec)
+    torch.testing.assert_close(model(ids, mask), expected)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s.pop("classifier.bias"), r"missing classifier\.bias"),
+        (lambda s: s.update(extra=torch.zeros(1)), "unexpected extra"),
+        (
+            lambda s: s.update({"classifier.weight": torch.zeros(5, 12)}),
+            r"classifier\.weight has shape \(5, 12\), the config gives \(4, 12\)",
+        ),
+        (
+            lambda s: s["demultiplexer.demux_module.dense_1.bias"].add_(1),
+            "must hold one shared tensor",
+        ),
+        (
+            lambda s: s.update({"bert.embeddings.position_ids": torch.arange(40).flip(0)}),
+            "not 0, 1, 2",
+        ),
+    ],
+    ids=["missing", "unexpected", "shape", "shared-unequal", "positions"],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_with_every_problem_named(edit, match):
+    spec, state = bert_case()
+    state = {k: v.clone() for k, v in state.items()}
+    edit(state)
+    with pytest.raises(ValueError, match=match):
+        MultiplexedModel.from_published(state, spec)
+
+
+def test_a_pretraining_checkpoint_starts_a_task_model_with_new_task_heads():
+    spec, state = bert_case("retrieval")
+    state["discriminator_predictions.dense.weight"] = torch.zeros(12, 12, dtype=F64)
+    task_spec = make_spec("bert", "sequence")
+    with pytest.raises(ValueError, match=r"missing classifier\.bias, classifier\.weight"):
+        MultiplexedModel.from_published(state, task_spec)
+    model = MultiplexedModel.from_published(state, task_spec, new_task_heads=True)
+    pretrained = MultiplexedModel.from_published(bert_case("retrieval")[1], spec)
+    ids, _ = padded_batch(spec)
+    torch.testing.assert_close(model.encode(ids).hidden, pretrained.encode(ids).hidden)
+
+
+def test_task_and_family_come_from_the_config():
+    spec, _ = bert_case("token")
+    assert config_from_published(spec).task == "token"
+    with pytest.raises(ValueError, match="task='sequence' but the config's architectures say"):
+        config_from_published(spec, task="sequence")
+    with pytest.raises(ValueError, match="unknown published model family 'gpt2'"):
+        config_from_published(spec | {"model_type": "gpt2"})
+    with pytest.raises(ValueError, match="lacks 'num_instances'"):
+        config_from_published({k: v for k, v in spec.items() if k != "num_instances"})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"norm_first": True}, "norm_first=True"),
+        ({"cls_id": 102}, r"cls_id=102 \(published: 101\)"),
+        ({"use_attention_mask": True}, "use_attention_mask=True"),
+    ],
+)
+def test_to_published_refuses_what_the_published_model_cannot_reproduce(change, match):
+    spec, _ = bert_case()
+    config = config_from_published(spec, overrides=change)
+    with pytest.raises(ValueError, match=match):
+        to_published(MultiplexedModel(config))
+
+
+def test_to_published_writes_a_checkpoint_directory_that_loads_back(tmp_path):
+    spec, state = bert_case("token")
+    model = MultiplexedModel.from_published(state, spec)
+    to_published(model, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json",
+        "pytorch_model.bin",
+    ]
+    again = MultiplexedModel.from_published(tmp_path / "out")
+    ids, mask = padded_batch(spec)
+    torch.testing.assert_close(again(ids, mask), model(ids, mask), rtol=0, atol=0)

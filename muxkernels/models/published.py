@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 f"reading {path} needs safetensors (pip install safetensors)"
             ) from err
         return load_file(path), config
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(f"cannot read {path} as a PyTorch state dict: {reason}") from err
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
@@ -402,7 +407,8 @@ def checked_published(
     its pretraining-only heads (top-level names this model lacks) are dropped.
     """
     fam = _family_prefix(model)
-    given = {k: v for k, v in published.items() if not _skipped(k, v, fam)}
+    skipped = set(skipped_keys(published, fam))
+    given = {k: v for k, v in published.items() if k not in skipped}
     expected = state_to_published(model)
     shared: dict[tuple, list[str]] = {}
     for key, tensor in expected.items():
@@ -439,19 +445,23 @@ def checked_published(
     return given
 
 
-def _skipped(key: str, tensor: torch.Tensor, family_prefix: str) -> bool:
-    """Keys the published loader skips too: the pooler and two derived buffers."""
-    if key.startswith(f"{family_prefix}.pooler."):
-        return True
-    if key == f"{family_prefix}.embeddings.position_ids":
-        if not torch.equal(tensor.flatten(), torch.arange(tensor.numel(), device=tensor.device)):
-            raise ValueError(f"{key} is not 0, 1, 2, …: positions this model cannot reproduce")
-        return True
-    if key == f"{family_prefix}.embeddings.token_type_ids":
-        if bool(tensor.any()):
-            raise ValueError(f"{key} is not all 0: token types this model cannot reproduce")
-        return True
-    return False
+def skipped_keys(published: Mapping[str, torch.Tensor], family_prefix: str) -> list[str]:
+    """The keys the published loader skips too: ``{family}.pooler.*`` (the published models
+    build no pooler) and the ``position_ids`` / ``token_type_ids`` buffers, which must hold
+    0, 1, 2, … and zeros (anything else is an error)."""
+    skipped = []
+    for key, tensor in published.items():
+        if key == f"{family_prefix}.embeddings.position_ids":
+            count = torch.arange(tensor.numel(), device=tensor.device)
+            if not torch.equal(tensor.flatten(), count):
+                raise ValueError(f"{key} is not 0, 1, 2, …: positions this model cannot reproduce")
+        elif key == f"{family_prefix}.embeddings.token_type_ids":
+            if bool(tensor.any()):
+                raise ValueError(f"{key} is not all 0: token types this model cannot reproduce")
+        elif not key.startswith(f"{family_prefix}.pooler."):
+            continue
+        skipped.append(key)
+    return skipped
 
 
 def _check_convertible(model: MultiplexedModel) -> None:
