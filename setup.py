@@ -37,10 +37,11 @@ MAX_JOBS
 
 Compiler flags: ``-O3 -DNDEBUG``, no ``--use_fast_math`` (the kernels use IEEE
 arithmetic); nvcc compiles the kernel files (which include only CUDA headers) as C++17,
-the binding file is compiled with torch's own C++ standard (C++20 for torch >= 2.10, whose
-headers require it). The CUDA headers that some torch wheels ship instead of the toolkit
-(``cusparse.h``, ``cublas_v2.h``, ... in ``site-packages/nvidia/cu13/include`` or
-``cu12/include``) are searched after the system include directories.
+the binding files (csrc/bindings/, one per op) are compiled with torch's own C++ standard
+(C++20 for torch >= 2.10, whose headers require it). The CUDA headers that some torch
+wheels ship instead of the toolkit (``cusparse.h``, ``cublas_v2.h``, ... in
+``site-packages/nvidia/cu13/include`` or ``cu12/include``) are searched after the system
+include directories.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ def _cuda_extension() -> tuple[list[Any], dict[str, Any]]:
     nvcc_flags = ["-O3", "-DNDEBUG", "-std=c++17", *arch_flags]
 
     os.chdir(ROOT)  # setuptools wants source paths relative to setup.py
-    sources = ["csrc/bindings.cpp", *sorted(glob.glob("csrc/*.cu"))]
+    # One binding file per op (csrc/bindings/*.cpp, the only ones that include torch) and one
+    # kernel file per kernel (csrc/*.cu); ninja compiles them in parallel (MAX_JOBS).
+    sources = sorted(glob.glob("csrc/bindings/*.cpp")) + sorted(glob.glob("csrc/*.cu"))
     _note(
         f"building {EXT_NAME} with CUDA {torch.version.cuda} from {cuda_home} "
         f"(torch {torch.__version__}); nvcc arch flags: {' '.join(arch_flags)}"

@@ -12,7 +12,7 @@
 namespace muxkernels {
 
 // Element types understood by the launchers. The numeric values are private to
-// this library (they are not torch's ScalarType codes); bindings.cpp maps them.
+// this library (they are not torch's ScalarType codes); csrc/bindings/ maps them.
 enum class DType : int32_t {
   kFloat16 = 0,
   kBFloat16 = 1,

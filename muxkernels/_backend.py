@@ -36,9 +36,11 @@ def _triton_usable(device: torch.device) -> tuple[bool, str]:
 
 def _cuda_usable(device: torch.device) -> tuple[bool, str]:
     if not _extension.load():
+        error = _extension.load_error()
+        because = f" ({error!r})" if error is not None else ""
         return False, (
-            "the compiled extension muxkernels._C is not built (reinstall with "
-            "MUXKERNELS_BUILD_CUDA=1 pip install --no-build-isolation .)"
+            f"the compiled extension muxkernels._C is not built or does not load{because} "
+            "(reinstall with MUXKERNELS_BUILD_CUDA=1 pip install --no-build-isolation .)"
         )
     if device.type in ("cuda", "cpu"):
         return True, ""

@@ -1,9 +1,11 @@
 """The optional compiled extension ``muxkernels._C`` (CUDA C++ kernels, csrc/).
 
-Importing ``muxkernels._C`` registers the ``muxkernels::<name>_cuda`` operators (schemas,
-CPU and CUDA implementations); this module adds their fake (meta) implementations, the
-shared ones of ``muxkernels._opdefs``, so that ``torch.compile`` and
-``torch.library.opcheck`` can trace them. The package works without the extension:
+Importing ``muxkernels._C`` registers the CPU and CUDA implementations of the
+``muxkernels::<name>_cuda`` operators (csrc/bindings/) and defines nothing; ``load()`` then
+defines each implemented operator with its schema from ``muxkernels._opdefs`` (the one
+place schemas are written; the dispatcher checks the compiled implementations' types
+against them) and adds its fake (meta) implementation, so that ``torch.compile`` and
+``torch.library.opcheck`` can trace it. The package works without the extension:
 ``load()`` then returns False and the other backends are used.
 
 Operators (call through ``torch.ops.muxkernels``, after ``load()`` returned True); each
@@ -51,9 +53,10 @@ _error: BaseException | None = None
 def load() -> bool:
     """Imports ``muxkernels._C`` once (the result is cached) and says whether it loaded.
 
-    On success the fake implementations of its operators are registered. A missing or
-    unloadable extension returns False, unless ``MUXKERNELS_REQUIRE_EXTENSION=1`` is set:
-    then ``ImportError`` is raised, chained to the original error.
+    On success its operators are defined and their fake implementations registered. A
+    missing or unloadable extension, or one whose implementations do not match the schemas
+    (built from other sources), returns False, unless ``MUXKERNELS_REQUIRE_EXTENSION=1`` is
+    set: then ``ImportError`` is raised, chained to the original error.
     """
     global _loaded, _error
     if _loaded is None:
@@ -61,6 +64,7 @@ def load() -> bool:
             if _loaded is None:
                 try:
                     importlib.import_module(_MODULE)
+                    _define_operators()
                 except (ImportError, OSError) as err:
                     _error = err
                     _loaded = False
@@ -74,6 +78,17 @@ def load() -> bool:
             "--no-build-isolation -e .)"
         ) from _error
     return _loaded
+
+
+def _define_operators() -> None:
+    """Defines the operators the extension implements; ImportError if their types differ."""
+    try:
+        _opdefs.define_implemented("cuda")
+    except RuntimeError as err:
+        raise ImportError(
+            f"{_MODULE} does not implement the operator schemas of muxkernels._opdefs (built "
+            f"from other sources? rebuild it): {err}"
+        ) from err
 
 
 def load_error() -> BaseException | None:

@@ -1,9 +1,11 @@
 """The kernel operators' contract: one schema and one fake implementation per operator.
 
 Every kernel backend registers its launchers as ``muxkernels::<name>_<backend>`` with the
-schema below (``triton`` from Python with ``torch.library.custom_op``, ``cuda`` from
-csrc/bindings.cpp), so the autograd Functions in ``muxkernels.ops`` call either backend
-the same way and the fakes here serve both. Conventions shared by all operators:
+schema below, written here only: ``triton`` from Python with ``torch.library.custom_op``;
+``cuda`` by ``define_implemented`` once the compiled extension has registered its CPU and
+CUDA implementations (csrc/bindings/, which defines no operator). So the autograd
+Functions in ``muxkernels.ops`` call either backend the same way and the fakes here serve
+both. Conventions shared by all operators:
 
 - floating inputs are float16, bfloat16, float32 or float64; a parameter (vectors,
   matrices, LayerNorm affine, ...) has the data's dtype or float32; accumulation is fp32
@@ -36,8 +38,8 @@ demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index,
     (summed over groups when Ga = 1), dc is zero at positions the gather does not read
 demux_project_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position,
                   proj_weight (K,d), proj_bias (K) or None) -> logits
-    logits = u @ proj_weightᵀ + proj_bias without writing u; K <= 64; the gather's
-    shape with d replaced by K
+    logits = u @ proj_weightᵀ + proj_bias without writing u; K <= MAX_PROJECTION (64);
+    the gather's shape with d replaced by K
 mlp_demux_fwd(pre (B',L,N·d), bias (N,d), ln_weight (N,d), ln_bias (N,d), eps) -> u
     pre = h @ [W_1; …; W_N]ᵀ; u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)),
     shape (B',N,L,d)
@@ -99,6 +101,19 @@ SCHEMAS: dict[str, str] = {
 }
 
 
+# The output dimensions of each gather, in order: B' ("groups"), N ("instances"), L'
+# ("positions") and the row width (d, or K for the projection). The one definition: the
+# fakes and the Triton launchers call ``gather_shape``, and the compiled extension reads
+# this table when it is imported (csrc/bindings/module.cpp).
+GATHER_OUTPUT_DIMS: dict[str, tuple[str, ...]] = {
+    "token": ("groups", "instances", "positions", "width"),
+    "sequence": ("groups", "instances", "width"),
+    "selected": ("groups", "positions", "width"),
+}
+
+MAX_PROJECTION = 64  # the most output columns K demux_project_fwd takes
+
+
 def qualified_name(name: str, backend: str) -> str:
     """``muxkernels::<name>_<backend>``, the operator of one backend."""
     return f"muxkernels::{name}_{backend}"
@@ -108,15 +123,12 @@ def _grad_or_empty(wanted: bool, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like) if wanted else like.new_empty((0,))
 
 
-def _gather_shape(a: torch.Tensor, c: torch.Tensor, gather: str, width: int) -> tuple[int, ...]:
-    groups, length, _ = c.shape
-    n = a.shape[1]
-    if gather == "token":
-        return (groups, n, length, width)
-    if gather == "sequence":
-        return (groups, n, width)
-    torch._check(gather == "selected", lambda: f"unknown gather {gather!r}")
-    return (groups, length, width)
+def gather_shape(a: torch.Tensor, c: torch.Tensor, gather: str, width: int) -> tuple[int, ...]:
+    """The output shape of ``gather`` for a (Ga, N, d) and c (B', L', d), rows ``width`` wide
+    (d for demux_gather, K for demux_project): its ``GATHER_OUTPUT_DIMS``."""
+    torch._check(gather in GATHER_OUTPUT_DIMS, lambda: f"unknown gather {gather!r}")
+    sizes = {"groups": c.shape[0], "instances": a.shape[1], "positions": c.shape[1]}
+    return tuple(width if dim == "width" else sizes[dim] for dim in GATHER_OUTPUT_DIMS[gather])
 
 
 def _hadamard_mux_fwd(embeddings, vectors):
@@ -149,7 +161,7 @@ def _lowrank_ortho_mux_bwd(grad_out, embeddings, u, h, factors_grad):
 
 
 def _demux_gather_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
-    return c.new_empty(_gather_shape(a, c, gather, c.shape[-1]))
+    return c.new_empty(gather_shape(a, c, gather, c.shape[-1]))
 
 
 def _demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
@@ -164,7 +176,7 @@ def _demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index, sequ
 def _demux_project_fwd(
     a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, proj_weight, proj_bias
 ):
-    return c.new_empty(_gather_shape(a, c, gather, proj_weight.shape[0]))
+    return c.new_empty(gather_shape(a, c, gather, proj_weight.shape[0]))
 
 
 def _mlp_demux_fwd(pre, bias, ln_weight, ln_bias, eps):
@@ -201,6 +213,40 @@ FAKES: dict[str, Callable[..., object]] = {
     "mlp_demux_bwd": _mlp_demux_bwd,
     "embed_mux_fwd": _embed_mux_fwd,
 }
+
+
+# The fragment that defines the operators of compiled extensions (alive as long as the module).
+_LIBRARY = torch.library.Library("muxkernels", "FRAGMENT")
+
+# Dispatch keys under which a compiled extension registers implementations.
+_IMPLEMENTATION_KEYS = ("CPU", "CUDA")
+
+
+def has_implementation(name: str, backend: str) -> bool:
+    """Whether an implementation of ``muxkernels::<name>_<backend>`` is registered for the CPU
+    or CUDA dispatch key (defined as an operator or not yet)."""
+    qualified = qualified_name(name, backend)
+    try:
+        return any(
+            torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key)
+            for key in _IMPLEMENTATION_KEYS
+        )
+    except RuntimeError:  # the dispatcher has no entry at all for the name
+        return False
+
+
+def define_implemented(backend: str) -> None:
+    """Defines, with its schema, every operator ``muxkernels::<name>_<backend>`` that has an
+    implementation registered (by a compiled extension) and is not defined yet.
+
+    The dispatcher checks the implementations' argument and return types against the schema
+    here and raises RuntimeError on a mismatch (an extension built from other sources). So
+    call it after importing the extension: in the other order (also supported) the check
+    runs while the shared library loads, and a mismatch aborts the process.
+    """
+    for name, schema in SCHEMAS.items():
+        if has_implementation(name, backend) and not has_operator(name, backend):
+            _LIBRARY.define(f"{name}_{backend}{schema}")
 
 
 def has_operator(name: str, backend: str) -> bool:

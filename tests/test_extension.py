@@ -10,6 +10,10 @@ Tests that need ``_C`` are skipped when it is not built, unless
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -113,15 +117,112 @@ def test_missing_extension_returns_false_or_raises_when_required(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# Registration: every operator, with the schema of muxkernels._opdefs
+# Registration: the extension implements OPERATORS (CPU and CUDA) and defines nothing;
+# load() defines each with its schema from muxkernels._opdefs, in either order
 # ---------------------------------------------------------------------------
 
 
 @needs_extension
-@pytest.mark.parametrize("name", OPERATORS)
-def test_schema(name):
-    schema = getattr(torch.ops.muxkernels, f"{name}_cuda").default._schema
-    assert str(schema) == _opdefs.qualified_name(name, "cuda") + _opdefs.SCHEMAS[name]
+def test_extension_implements_these_operators_with_the_schemas_of_opdefs():
+    implemented = {name for name in _opdefs.SCHEMAS if _opdefs.has_implementation(name, "cuda")}
+    assert implemented == set(OPERATORS)
+    for name in OPERATORS:
+        qualified = _opdefs.qualified_name(name, "cuda")
+        for key in ("CPU", "CUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key), (name, key)
+        schema = getattr(torch.ops.muxkernels, f"{name}_cuda").default._schema
+        assert str(schema) == qualified + _opdefs.SCHEMAS[name]
+
+
+@needs_extension
+def test_no_implementation_lacks_its_operator():
+    """An implementation registered under a name without a schema in _opdefs is unreachable."""
+    dangling = [i for i in torch._C._dispatch_find_dangling_impls() if "muxkernels::" in i]
+    assert dangling == []
+
+
+def _run_python(script: str) -> str:
+    """Runs ``script`` in a fresh interpreter (a process registers an operator only once) and
+    returns its output; the extension is not required there."""
+    env = {k: v for k, v in os.environ.items() if k != _extension.REQUIRE_ENV_VAR}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@needs_extension
+def test_operators_defined_before_the_extension_is_imported():
+    out = _run_python(
+        f"""
+        import torch
+        from muxkernels import _opdefs
+        library = torch.library.Library("muxkernels", "FRAGMENT")
+        for name in {OPERATORS!r}:
+            library.define(f"{{name}}_cuda{{_opdefs.SCHEMAS[name]}}")
+        import muxkernels._C
+        from muxkernels import _extension
+        assert _extension.load(), _extension.load_error()
+        e, v = torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+        torch.library.opcheck(torch.ops.muxkernels.hadamard_mux_fwd_cuda, (e, v))
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+@needs_extension
+def test_implementation_not_matching_its_schema_is_a_load_error():
+    out = _run_python(
+        """
+        from muxkernels import _extension, _opdefs
+        _opdefs.SCHEMAS["hadamard_mux_fwd"] = "(Tensor embeddings, int vectors) -> Tensor"
+        assert not _extension.load()
+        print(_extension.load_error())
+        """
+    )
+    assert "muxkernels._C does not implement the operator schemas of muxkernels._opdefs" in out
+    assert "hadamard_mux_fwd_cuda" in out
+
+
+@needs_extension
+def test_extension_takes_the_gather_layout_from_opdefs():
+    """The compiled demux_gather reads GATHER_OUTPUT_DIMS when it is imported: a swapped
+    layout shows in the shape its grad_u check asks for."""
+    out = _run_python(
+        """
+        import torch
+        from muxkernels import _extension, _opdefs
+        _opdefs.GATHER_OUTPUT_DIMS["sequence"] = ("instances", "groups", "width")
+        assert _extension.load(), _extension.load_error()
+        a, c, w = torch.randn(2, 3, 5), torch.randn(2, 4, 5), torch.randn(5)
+        try:
+            torch.ops.muxkernels.demux_gather_bwd_cuda(
+                torch.randn(2, 3, 5), a, c, w, w, 1e-5, "sequence", None, 1
+            )
+        except RuntimeError as err:
+            print(err)
+        """
+    )
+    assert "grad_u must have the gather's output shape [3, 2, 5], got [2, 3, 5]" in out
+
+
+@needs_extension
+def test_unusable_gather_layout_is_a_load_error():
+    out = _run_python(
+        """
+        from muxkernels import _extension, _opdefs
+        _opdefs.GATHER_OUTPUT_DIMS["token"] = ("groups", "heads", "width")
+        assert not _extension.load()
+        print(_extension.load_error())
+        """
+    )
+    assert 'GATHER_OUTPUT_DIMS["token"] names an unknown size "heads"' in out
 
 
 # ---------------------------------------------------------------------------

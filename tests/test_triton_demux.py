@@ -23,6 +23,7 @@ import triton.language as tl
 from triton_checks import mlp_reference
 
 import muxkernels._triton
+from muxkernels import _opdefs
 from muxkernels import reference as ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -144,7 +145,7 @@ def reference_grads(grad_u, a, c, w, b, gather, index, position):
 def test_gather_backward(randn, generator, case, gather, dtype):
     a, c, w, b, index = demux_inputs(randn, generator, case, dtype, gather=gather)
     for position in positions(case, gather):
-        shape = dg._out_shape(a, c, gather, c.shape[2])
+        shape = _opdefs.gather_shape(a, c, gather, c.shape[2])
         grad_u = randn(*shape, dtype=dtype).to(DEVICE)
         outs = [poisoned(t) for t in (a, c, w, b)]
         grads = dg.demux_gather_bwd(grad_u, a, c, w, b, EPS, gather, index, position, *outs)
@@ -253,7 +254,7 @@ def test_opcheck_gather(randn, generator, gather):
     a, c, w, b, index = demux_inputs(randn, generator, case, torch.float32, gather=gather)
     args = (a, c, w, b, EPS, gather, index, 3)
     torch.library.opcheck(op("demux_gather_fwd"), args)
-    grad_u = randn(*dg._out_shape(a, c, gather, 5), dtype=torch.float32).to(DEVICE)
+    grad_u = randn(*_opdefs.gather_shape(a, c, gather, 5), dtype=torch.float32).to(DEVICE)
     torch.library.opcheck(op("demux_gather_bwd"), (grad_u, *args))
     pw, pb = randn(3, 5, dtype=torch.float32).to(DEVICE), randn(3, dtype=torch.float32).to(DEVICE)
     torch.library.opcheck(op("demux_project_fwd"), (*args, pw, pb))

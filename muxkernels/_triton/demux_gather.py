@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._opdefs import MAX_PROJECTION, gather_shape
 from ._host import (
     FLOATS,
     acc_dtype,
@@ -42,7 +43,6 @@ from ._math import (
 from ._registry import triton_op
 
 GATHER_CODES = {"token": 0, "sequence": 1, "selected": 2}
-MAX_PROJECTION = 64  # widest output projection demux_project_fwd takes
 
 
 # --- kernels ------------------------------------------------------------------------------
@@ -313,16 +313,6 @@ def _check_position(
         raise ValueError(f"sequence_position must lie in [0, {length}), got {sequence_position}")
 
 
-def _out_shape(a: torch.Tensor, c: torch.Tensor, gather: str, width: int) -> tuple[int, ...]:
-    """The gather's output shape with row width ``width`` (d, or K for the projection)."""
-    groups, length, _ = c.shape
-    return {
-        "token": (groups, a.shape[1], length, width),
-        "sequence": (groups, a.shape[1], width),
-        "selected": (groups, length, width),
-    }[gather]
-
-
 def _pair_args(
     a: torch.Tensor, c: torch.Tensor, index: torch.Tensor | None, gather: str, seq_pos: int
 ) -> tuple:
@@ -352,7 +342,7 @@ def demux_gather_fwd(
     """
     _check_args(a, c, ln_weight, ln_bias, gather, index, sequence_position)
     if out is None:
-        out = c.new_empty(_out_shape(a, c, gather, c.shape[2]))
+        out = c.new_empty(gather_shape(a, c, gather, c.shape[2]))
     if out.numel() == 0:
         return out
     idx, n, length, d, seq_pos, a_group_rows = _pair_args(a, c, index, gather, sequence_position)
@@ -399,7 +389,7 @@ def demux_gather_bwd(
     Each gradient has the dtype of its tensor (written into the given outputs if any).
     """
     _check_args(a, c, ln_weight, ln_bias, gather, index, sequence_position)
-    check_grad("grad_u", grad_u, _out_shape(a, c, gather, c.shape[2]))
+    check_grad("grad_u", grad_u, gather_shape(a, c, gather, c.shape[2]))
     grads = outputs((da, dc, d_ln_weight, d_ln_bias), (a, c, ln_weight, ln_bias))
     if grad_u.numel() == 0:
         return zeroed(grads)
@@ -506,7 +496,7 @@ def demux_project_fwd(
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
     check_contiguous(proj_weight=proj_weight, proj_bias=proj_bias)
     if out is None:
-        out = c.new_empty(_out_shape(a, c, gather, k))
+        out = c.new_empty(gather_shape(a, c, gather, k))
     if out.numel() == 0:
         return out
     idx, n, length, _, seq_pos, a_group_rows = _pair_args(a, c, index, gather, sequence_position)

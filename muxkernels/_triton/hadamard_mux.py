@@ -18,16 +18,14 @@ import triton
 import triton.language as tl
 
 from ._host import acc_dtype, check_contiguous, interpreting, outputs, tl_dtype, zeroed
+from ._math import TILE_ELEMENTS
 from ._registry import triton_op
-
-# Elements of E one program handles per instance on the GPU (rows × features).
-_TILE_ELEMENTS = 4096
 
 
 def _blocks(rows: int, d: int, device: torch.device, narrow: bool) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_D, num_warps) for a (rows, d) sweep.
 
-    GPU: 4096-element tiles, 256 features wide (128 when ``narrow``, which doubles the rows
+    GPU: TILE_ELEMENTS-element tiles, 256 features wide (128 when ``narrow``, which doubles the rows
     per program and so halves the dv partial buffer), 8 warps: 16 elements per thread,
     i.e. 16-byte loads of half data. Interpreter: small tiles, so that tests with a few
     rows and d < 100 still cover several programs in both directions.
@@ -35,8 +33,8 @@ def _blocks(rows: int, d: int, device: torch.device, narrow: bool) -> tuple[int,
     if interpreting(device):
         return min(4, triton.next_power_of_2(rows)), min(64, triton.next_power_of_2(d)), 1
     block_d = min(128 if narrow else 256, triton.next_power_of_2(d))
-    block_r = min(_TILE_ELEMENTS // block_d, triton.next_power_of_2(rows))
-    return block_r, block_d, 8 if block_r * block_d >= _TILE_ELEMENTS else 4
+    block_r = min(TILE_ELEMENTS // block_d, triton.next_power_of_2(rows))
+    return block_r, block_d, 8 if block_r * block_d >= TILE_ELEMENTS else 4
 
 
 @triton.jit

@@ -5,8 +5,9 @@ c (B', L', d) the per-position term, both already projected by the small GEMMs o
 that calls this. Three gathers (SPEC section 3): "token" (B', N, L', d), "sequence" at one
 position (B', N, d), "selected" with one instance index[g,t] per position (B', L', d).
 :class:`DemuxGather` runs the fused kernel of one backend (``demux_gather_{fwd,bwd}``);
-:class:`DemuxGatherProject` also applies a small output projection (K <= 64 columns,
-e.g. token classes) inside the kernel, so u is never written in the forward pass.
+:class:`DemuxGatherProject` also applies a small output projection (K <=
+``_opdefs.MAX_PROJECTION`` columns, e.g. token classes) inside the kernel, so u is never
+written in the forward pass.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ..reference._common import compute_dtype
 KERNEL_BACKENDS = ("cuda", "triton")
 KERNELS = ("demux_gather_fwd", "demux_gather_bwd")
 PROJECT_KERNEL = "demux_project_fwd"
-MAX_FUSED_PROJECTION = 64  # widest output projection the fused kernel takes
 # auto's order for a demux with a fusable projection: the backend with the fused kernel
 # first, since never writing u saves more than any demux kernel alone can
 PROJECT_BACKENDS = ("triton", "cuda")

@@ -21,7 +21,6 @@ from . import _validate
 from .demux_gather import (
     KERNEL_BACKENDS,
     KERNELS,
-    MAX_FUSED_PROJECTION,
     PROJECT_BACKENDS,
     PROJECT_KERNEL,
     DemuxGather,
@@ -134,7 +133,7 @@ def index_demux_logits(
     if proj_bias is not None:
         params["proj_bias"] = (proj_bias, (k,))
     _validate.demux_params(hidden, params)
-    fusable = k <= MAX_FUSED_PROJECTION
+    fusable = k <= _opdefs.MAX_PROJECTION
     preferred = PROJECT_BACKENDS if fusable else KERNEL_BACKENDS
     chosen = _backend.resolve("index_demux", backend, hidden.device, preferred, KERNELS)
     if chosen == "reference":

@@ -188,7 +188,7 @@ def test_hadamard_mux_bwd(dtype, shape, v_fp32, vectors_grad, shift, gen):
         e.tensor.double(), v.tensor.double(), dx.tensor.double(), vectors_grad=True
     )
     assert_close(d_e.tensor, want_e, "dE")
-    if vectors_grad:  # the caller's sum over chunks, as bindings.cpp does it
+    if vectors_grad:  # the caller's sum over chunks, as csrc/bindings/hadamard_mux.cpp does it
         assert_close((partial.tensor.sum(0) / n).to(v.tensor.dtype), want_v, "dv")
 
 
@@ -252,12 +252,6 @@ DEMUX_CASES = [
 ]
 
 
-def gather_shape(groups, n, length, d, gather):
-    return {"token": (groups, n, length, d), "sequence": (groups, n, d)}.get(
-        gather, (groups, length, d)
-    )
-
-
 @pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("params_fp32", [False, True], ids=["params_same", "params_fp32"])
 @pytest.mark.parametrize("gather", list(GATHER_CODES))
@@ -278,13 +272,13 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
         ctypes.c_double(EPS), GATHER_CODES[gather], I64(position), DTYPE_CODES[dtype],
     )  # fmt: skip
     inputs = [a, c, w, b, index]
-    shape = gather_shape(groups, n, length, d, gather)
 
     def fn(*leaves):
         return reference.demux_gather(*leaves, EPS, gather, index.tensor, position)
 
     leaves = [t.tensor.double().requires_grad_() for t in (a, c, w, b)]
     want_u = fn(*leaves)
+    shape = tuple(want_u.shape)  # the gather's output shape, as the reference gives it
     u = Guarded(shape, dtype, shift)
     finish(LIB.emu_demux_gather_fwd(*args, u.ptr), [u], inputs)
     assert_close(u.tensor, want_u, "u")
@@ -292,7 +286,7 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     grad_u = guarded(randn(gen, *shape, dtype=dtype), shift)
     want = torch.autograd.grad(want_u, leaves, grad_u.tensor.double())
     dc = Guarded((groups, length, d), dtype, shift)
-    if gather == "sequence":  # as bindings.cpp does: positions not read keep zero
+    if gather == "sequence":  # as the binding does: positions not read keep zero
         dc.tensor.zero_()
         dc.before = dc.buffer.clone()
     plan = (I64 * 3)()  # grad_u and dc take part in choosing the path
@@ -304,7 +298,7 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     buffers = pointers(grad_u, dc, da_partial, ln_partial, dpre)
     outputs = [dc, da_partial, ln_partial] + ([dpre] if dpre else [])
     finish(LIB.emu_demux_gather_bwd(*args, buffers, plan, 0), outputs, [*inputs, grad_u])
-    # The callers' sums over the partial buffers, as bindings.cpp does them.
+    # The callers' sums over the partial buffers, as csrc/bindings/demux_gather.cpp does them.
     da = da_partial.tensor.sum(1)
     da = da.sum(0, keepdim=True) if a_groups == 1 else da
     ln = ln_partial.tensor.sum(1)

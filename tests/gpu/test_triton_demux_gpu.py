@@ -15,6 +15,7 @@ import pytest
 import torch
 from triton_checks import mlp_reference
 
+from muxkernels import _opdefs
 from muxkernels import reference as ref
 
 pytestmark = pytest.mark.gpu
@@ -131,7 +132,7 @@ def test_backward_is_deterministic(kernels, gather):
     dg, _ = kernels
     shape = (16, 40, 169, 768)
     a, c, w, b, index = gather_inputs(shape, torch.bfloat16, gather, shared_a=True)
-    out_shape = dg._out_shape(a, c, gather, 768)
+    out_shape = _opdefs.gather_shape(a, c, gather, 768)
     grad_u = randn(*out_shape, dtype=torch.bfloat16, seed=6)
     first = dg.demux_gather_bwd(grad_u, a, c, w, b, EPS, gather, index, 40)
     second = dg.demux_gather_bwd(grad_u, a, c, w, b, EPS, gather, index, 40)
