@@ -8,7 +8,7 @@ import pytest
 import torch
 from published_reference import make_spec, published_logits, random_published_state
 
-from muxkernels.models import MultiplexedModel, MuxConfig
+from muxkernels.models import InputsEmbedsEncoder, MultiplexedModel, MuxConfig
 from muxkernels.models.published import hf_model, to_published
 
 transformers = pytest.importorskip("transformers")
@@ -74,15 +74,16 @@ def tiny(kind: str, **fields):
     return model(config, **extra).double().eval()
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["model", "hf_encoder-wrapped"])
 @pytest.mark.parametrize("kind", ["roberta", "bert", "electra"])
-def test_hugging_face_encoder_is_wired_right_by_default(kind):
+def test_hugging_face_encoder_is_wired_right_by_default(kind, wrapped):
     """Its own embeddings embed the ids, it makes the second pass itself (positions once per
     pass, as published) and its word embeddings get gradients."""
     n = 2
     embedding = {"embedding_size": 6} if kind == "electra" else {}
     hf = tiny(kind, **embedding)
     config = MuxConfig(60, n, hidden_size=8, filler_id=59, cls_id=56, **embedding)
-    model = MultiplexedModel(config, encoder=hf).double()
+    model = MultiplexedModel(config, encoder=InputsEmbedsEncoder(hf) if wrapped else hf).double()
     assert model.embeddings is hf.embeddings
     ids = torch.randint(3, 50, (2 * n, 5), generator=torch.Generator().manual_seed(0))
     prefixed = torch.cat([torch.tensor([[58, 59, 56], [59, 57, 56]]).repeat(2, 1), ids], dim=1)

@@ -167,8 +167,8 @@ class InputsEmbedsEncoder(nn.Module):
 
     Returns the output's ``last_hidden_state`` (or its first element). Such a model runs its
     own embedding module over ``inputs_embeds`` first: that is the published second
-    embedding pass, so use it with ``MuxConfig(embed_twice=False)`` and hand the wrapper
-    ``model.embeddings`` as its embedding module to reproduce the published model.
+    embedding pass, so ``MultiplexedModel`` makes no pass of its own with it and embeds the
+    ids with ``model.embeddings`` by default, as the published model does.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -190,6 +190,12 @@ def takes_inputs_embeds(module: nn.Module) -> bool:
 def as_encoder(module: nn.Module) -> nn.Module:
     """``module`` itself, or ``InputsEmbedsEncoder(module)`` when it takes ``inputs_embeds``."""
     return InputsEmbedsEncoder(module) if takes_inputs_embeds(module) else module
+
+
+def is_hugging_face_style(module: nn.Module) -> bool:
+    """Whether ``module`` embeds its inputs itself: it takes ``inputs_embeds`` or is
+    already wrapped in ``InputsEmbedsEncoder``."""
+    return isinstance(module, InputsEmbedsEncoder) or takes_inputs_embeds(module)
 
 
 def hf_encoder(name_or_path: str, **kwargs: Any) -> InputsEmbedsEncoder:

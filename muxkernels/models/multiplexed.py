@@ -48,7 +48,13 @@ from ..prefix import (
 )
 from . import heads, losses
 from .contextual import ContextualMultiplexer
-from .encoder import Embeddings, TransformerEncoder, as_encoder, takes_inputs_embeds
+from .encoder import (
+    Embeddings,
+    InputsEmbedsEncoder,
+    TransformerEncoder,
+    as_encoder,
+    is_hugging_face_style,
+)
 
 Task = Literal["retrieval", "sequence", "token"]
 TASKS: tuple[str, ...] = ("retrieval", "sequence", "token")
@@ -258,7 +264,7 @@ class MultiplexedModel(nn.Module):
         c = config
         self.config = c
         d, e, eps = c.hidden_size, c.width, c.layer_norm_eps
-        hugging_face = encoder is not None and takes_inputs_embeds(encoder)
+        hugging_face = encoder is not None and is_hugging_face_style(encoder)
         if hugging_face and c.embed_twice:
             raise ValueError(
                 "embed_twice=True with a Hugging Face style encoder would add positions a third "
@@ -267,8 +273,9 @@ class MultiplexedModel(nn.Module):
             )
         self.second_pass = not hugging_face and c.embed_twice is not False
         built: list[nn.Module] = []
-        if embeddings is None and hugging_face and hasattr(encoder, "embeddings"):
-            embeddings = encoder.embeddings
+        inner = encoder.model if isinstance(encoder, InputsEmbedsEncoder) else encoder
+        if embeddings is None and hugging_face and hasattr(inner, "embeddings"):
+            embeddings = inner.embeddings
         if embeddings is None:
             embeddings = Embeddings(
                 c.vocab_size,
