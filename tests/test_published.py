@@ -200,6 +200,12 @@ def test_a_pretraining_checkpoint_starts_a_task_model_with_new_task_heads():
     with pytest.raises(ValueError, match=r"missing classifier\.bias, classifier\.weight"):
         MultiplexedModel.from_published(state, task_spec)
     model = MultiplexedModel.from_published(state, task_spec, new_task_heads=True)
+    with pytest.raises(ValueError, match="to start a sequence model from a pretraining"):
+        MultiplexedModel.from_published(state, spec, task="sequence")
+    fresh = MultiplexedModel.from_published(
+        state, spec, task="sequence", new_task_heads=True, overrides={"num_labels": 3}
+    )
+    assert fresh.classifier.out_features == 3
     pretrained = MultiplexedModel.from_published(bert_case("retrieval")[1], spec)
     ids, _ = padded_batch(spec)
     torch.testing.assert_close(model.encode(ids).hidden, pretrained.encode(ids).hidden)

@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--task", choices=["sequence", "token", "retrieval"],
                          help="default: from the config's architectures")  # fmt: skip
     convert.add_argument("--family", choices=list(FAMILIES), help="default: its model_type")
+    convert.add_argument("--num-labels", type=int, help="labels of a new task head")
     convert.add_argument(
         "--new-task-heads",
         action="store_true",
@@ -51,6 +52,7 @@ def _to_muxkernels(args: argparse.Namespace) -> None:
         task=args.task,
         family=args.family,
         new_task_heads=args.new_task_heads,
+        overrides=None if args.num_labels is None else {"num_labels": args.num_labels},
     )
     c = model.config
     family = HEAD_FAMILIES[c.heads]

@@ -154,22 +154,26 @@ def published_family(values: Mapping[str, Any], family: str | None = None) -> st
     return family
 
 
-def published_task(values: Mapping[str, Any], family: str, task: str | None = None) -> str:
-    """``task``, or the one the config's ``architectures`` names (they must agree)."""
+def published_task(
+    values: Mapping[str, Any], family: str, task: str | None = None, *, retask: bool = False
+) -> str:
+    """``task``, or the one the config's ``architectures`` names. They must agree unless
+    ``retask`` (a pretraining checkpoint starting a task model)."""
     known = FAMILIES[family].architectures
-    named = {known[a] for a in values.get("architectures") or () if a in known}
-    others = [a for a in values.get("architectures") or () if a not in known]
-    if others and not named:
-        raise ValueError(
-            f"architectures {others} is no published {family} model muxkernels converts "
-            f"(known: {sorted(known)})"
-        )
+    architectures = list(values.get("architectures") or ())
+    named = {known[a] for a in architectures if a in known}
     if task is None:
         if len(named) != 1:
-            raise ValueError("the config names no published architecture: pass task=")
+            raise ValueError(
+                f"the config's architectures {architectures} name no published {family} model "
+                f"that muxkernels converts ({sorted(known)}): pass task="
+            )
         return named.pop()
-    if named and task not in named:
-        raise ValueError(f"task={task!r} but the config's architectures say {sorted(named)}")
+    if named and task not in named and not retask:
+        raise ValueError(
+            f"task={task!r} but the config's architectures say {sorted(named)} (to start a "
+            f"{task} model from a pretraining checkpoint, use new_task_heads)"
+        )
     return task
 
 
@@ -187,17 +191,19 @@ def config_from_published(
     task: str | None = None,
     family: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    retask: bool = False,
 ) -> MuxConfig:
     """The ``MuxConfig`` of a published model from its config.json ``values``.
 
     ``overrides`` sets fields the published config does not hold (``pad``,
-    ``use_attention_mask`` — False by default, as published —, ``seed``, …).
+    ``use_attention_mask`` — False by default, as published —, ``num_labels`` of a new task
+    head, ``seed``, …). ``retask``: see ``published_task``.
     """
     from .multiplexed import MuxConfig
 
     family = published_family(values, family)
     fam = FAMILIES[family]
-    task = published_task(values, family, task)
+    task = published_task(values, family, task, retask=retask)
     if _field(values, "hidden_act", "gelu") != "gelu":
         raise ValueError(f"hidden_act {values['hidden_act']!r}: the encoders here use exact gelu")
     if _field(values, "position_embedding_type", "absolute") != "absolute":
@@ -590,7 +596,9 @@ def from_published(
     if values is None:
         raise ValueError("no published config: pass config= (the checkpoint's config.json)")
     family = published_family(values, family)
-    mux_config = config_from_published(values, task=task, family=family, overrides=overrides)
+    mux_config = config_from_published(
+        values, task=task, family=family, overrides=overrides, retask=new_task_heads
+    )
     if encoder == "transformers":
         encoder = hf_model(values, family)
     elif encoder == "builtin":
