@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from op_cases import runnable
 from published_reference import (
     make_spec,
     published_logits,
@@ -248,3 +249,35 @@ def test_to_published_writes_a_checkpoint_directory_that_loads_back(tmp_path):
     again = MultiplexedModel.from_published(tmp_path / "out")
     ids, mask = padded_batch(spec)
     torch.testing.assert_close(again(ids, mask), model(ids, mask), rtol=0, atol=0)
+
+
+# --- the kernel backends on whole published models ------------------------------------------
+
+KERNEL_CASES = {
+    "roberta-index-token": (CASES[1], ("binary_hadamard", "index_demux")),
+    "roberta-mlp-token": (CASES[4], ("ortho_mux", "mlp_demux")),
+    "bert-index_pos-token-low_rank": (CASES[6], ("lowrank_ortho_mux", "index_pos_demux")),
+    "electra-index_pos-retrieval": (CASES[15], ("hadamard_mux", "index_pos_demux")),
+}
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("name", list(KERNEL_CASES))
+def test_kernel_backends_give_the_reference_outputs_and_gradients(name, backend):
+    case, ops = KERNEL_CASES[name]
+    ops = tuple("hadamard_mux" if op == "binary_hadamard" else op for op in ops)
+    if not all(runnable(op, backend) for op in ops):
+        pytest.skip(f"{backend} cannot run {ops} here")
+    spec = spec_of(case)
+    state = random_published_state(spec)
+    ids, mask = padded_batch(spec)
+    labels = labels_for(spec, case[2], ids, mask)
+    results = []
+    for be in (backend, "reference"):
+        model = MultiplexedModel.from_published(state, spec, backend=be)
+        out = model(ids, mask, labels, generator=torch.Generator().manual_seed(2))
+        params = [p for p in model.parameters() if p.requires_grad]
+        results.append((out, torch.autograd.grad(out.loss, params)))
+    (out, grads), (want, want_grads) = results
+    for got, expected in zip([*out, *grads], [*want, *want_grads], strict=True):
+        torch.testing.assert_close(got, expected)

@@ -156,6 +156,8 @@ class MuxConfig:
         check_choice("demuxing_variant", self.demuxing_variant, heads.DEMUXING_VARIANTS)
         check_choice("heads", self.heads, heads.HEAD_STYLES)
         check_int_at_least("num_hidden_demux_layers", self.num_hidden_demux_layers, 2)
+        if self.embedding_size is not None:
+            check_int_at_least("embedding_size", self.embedding_size, 1)
         published = {"datamux": ("index", "mlp")}.get(self.heads, ("index", "index_pos"))
         if self.demuxing_variant not in published:
             raise ValueError(
