@@ -114,21 +114,45 @@ def group_batch(name: str, t: torch.Tensor, num_instances: int) -> torch.Tensor:
 def check_index(name: str, index: torch.Tensor, shape: tuple[int, ...], num_instances: int) -> None:
     """An instance-index tensor: integer dtype, the given shape, values in [0, N).
 
-    The value check reads the tensor (a device sync on CUDA); it is skipped while
-    torch.compile traces, where data-dependent checks cannot run.
+    The value check is ``check_values_below`` (one host read; skipped while torch.compile
+    traces or a CUDA graph is captured).
     """
     check_tensor(name, index)
     if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
     check_shape(name, index, shape, "one instance index per (group, position)")
-    if torch.compiler.is_compiling() or index.numel() == 0:
+    what = f"instance indices must lie in [0, {num_instances - 1}] (num_instances={num_instances})"
+    check_values_below([(name, index, num_instances, what)])
+
+
+def data_checks_run(t: torch.Tensor) -> bool:
+    """Whether a check that reads ``t``'s values can run now.
+
+    Not while torch.compile traces (data-dependent checks cannot be traced), nor on a CUDA
+    tensor while the current stream captures a CUDA graph: reading device data on the host
+    would end the capture. A captured graph replays with whatever its input buffers hold,
+    so check values before capturing.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_values_below(checks: Iterable[tuple[str, torch.Tensor, int, str]]) -> None:
+    """Each ``(name, t, limit, what)``: integer ``t`` holds values in [0, limit), or
+    ``ValueError("{name} holds values in [lo, hi] but {what}")``.
+
+    The minima and maxima of all the tensors come to the host in one read, so the checks
+    of a call cost one device sync on CUDA, and none where ``data_checks_run`` says they
+    cannot run (the tensors of one call share a device).
+    """
+    checks = [c for c in checks if c[1].numel() > 0]
+    if not checks or not data_checks_run(checks[0][1]):
         return
-    lo, hi = int(index.min()), int(index.max())
-    if lo < 0 or hi >= num_instances:
-        raise ValueError(
-            f"{name} holds values in [{lo}, {hi}] but instance indices must lie in "
-            f"[0, {num_instances - 1}] (num_instances={num_instances})"
-        )
+    bounds = torch.stack([torch.stack([t.min(), t.max()]).long() for _, t, _, _ in checks])
+    for (name, _, limit, what), (lo, hi) in zip(checks, bounds.tolist(), strict=True):
+        if lo < 0 or hi >= limit:
+            raise ValueError(f"{name} holds values in [{lo}, {hi}] but {what}")
 
 
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:

@@ -139,6 +139,16 @@ def test_reference_keeps_table_dtype(randn):
         ({"input_ids": torch.zeros(6, 0, dtype=torch.long)}, ValueError, r"input_ids is empty"),
         ({"position_ids": torch.full((3,), V_POS)}, ValueError, r"position_ids holds values"),
         ({"position_ids": torch.zeros(4, dtype=torch.long)}, ValueError, r"position_ids must"),
+        (
+            {"input_ids": torch.zeros(6, V_POS + 1, dtype=torch.long)},
+            ValueError,
+            r"position_ids defaults to 0…9 \(L=10\) but position_embeddings has 9 rows",
+        ),
+        (
+            {"input_ids": torch.zeros(6, 10, dtype=torch.long), "position_ids": torch.arange(10)},
+            ValueError,
+            r"mixed_position_ids defaults to 0…9",
+        ),
         ({"mixed_token_type_ids": torch.full((2, 3), V_TYPE)}, ValueError, r"mixed_token_type"),
         (
             {"token_type_embeddings": torch.zeros(2, 5, dtype=torch.float64)},
@@ -186,3 +196,18 @@ def test_kernel_backward_chain_rule_matches_reference_autograd(randn, monkeypatc
     got = torch.autograd.grad(EmbedMux.apply(*args, "cuda"), leaves, grad_x)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+def test_ids_are_checked_in_one_host_read(randn, monkeypatch):
+    """All the id tensors given come to the host together (one device sync on CUDA)."""
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or tolist(t))
+    given = {
+        "position_ids": ids(3, high=V_POS),
+        "token_type_ids": ids(6, 3, high=V_TYPE),
+        "mixed_position_ids": ids(3, high=V_POS),
+        "mixed_token_type_ids": ids(2, 3, high=V_TYPE),
+    }
+    mk.embed_mux(ids(6, 3, high=V_WORD), **tables(randn, 4), vectors=randn(3, 4), **given)
+    assert reads == [(5, 2)]

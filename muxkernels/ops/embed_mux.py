@@ -20,6 +20,7 @@ from .._checks import (
     check_same_device,
     check_shape,
     check_tensor,
+    check_values_below,
     group_batch,
 )
 from ..reference._common import compute_dtype
@@ -114,11 +115,10 @@ def _ids(
     name: str,
     ids: torch.Tensor | None,
     shape: tuple[int, ...],
-    vocab: int,
-    table: str,
     input_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """An id tensor broadcast to ``shape`` (None → zeros), with values in [0, vocab)."""
+    """An id tensor broadcast to ``shape`` (None → zeros); its values are checked by the
+    caller, all at once (``check_values_below``)."""
     if ids is None:
         return torch.zeros(shape, dtype=torch.long, device=input_ids.device)
     check_tensor(name, ids)
@@ -131,11 +131,11 @@ def _ids(
     elif len(shape) == 3 and ids.dim() == 2 and ids.shape[0] == shape[0] * shape[1]:
         ids = group_batch(name, ids, shape[1])
     check_shape(name, ids, shape, "the shape of the ids it goes with, or (L,)")
-    if not torch.compiler.is_compiling() and ids.numel() > 0:
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"{name} holds values in [{lo}, {hi}] but {table} has {vocab} rows")
     return ids.long()
+
+
+def _or(ids: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    return default if ids is None else ids
 
 
 def embed_mux(
@@ -211,35 +211,28 @@ def embed_mux(
         )
     grouped = tuple(input_ids.shape)
     mixed = (grouped[0], grouped[2])
-    n_word, n_pos, n_type = (t.shape[0] for t in tables.values())
-    ids = _ids("input_ids", input_ids, grouped, n_word, "word_embeddings", input_ids)
-    default_pos = torch.arange(grouped[2], device=input_ids.device)
-    pos = _ids(
-        "position_ids",
-        position_ids if position_ids is not None else default_pos,
-        grouped,
-        n_pos,
-        "position_embeddings",
-        input_ids,
+    length, n_word, n_pos, n_type = grouped[2], *(t.shape[0] for t in tables.values())
+    for name, value in (("position_ids", position_ids), ("mixed_position_ids", mixed_position_ids)):
+        if value is None and length > n_pos:
+            raise ValueError(f"{name} defaults to 0…{length - 1} (L={length}) but "
+                             f"position_embeddings has {n_pos} rows; pass {name}")  # fmt: skip
+    default_pos = torch.arange(length, device=input_ids.device)
+    ids = _ids("input_ids", input_ids, grouped, input_ids)
+    pos = _ids("position_ids", _or(position_ids, default_pos), grouped, input_ids)
+    typ = _ids("token_type_ids", token_type_ids, grouped, input_ids)
+    mpos = _ids("mixed_position_ids", _or(mixed_position_ids, default_pos), mixed, input_ids)
+    mtyp = _ids("mixed_token_type_ids", mixed_token_type_ids, mixed, input_ids)
+    given = (  # (name, ids as passed, rows of their table, the table's name)
+        ("input_ids", input_ids, n_word, "word_embeddings"),
+        ("position_ids", position_ids, n_pos, "position_embeddings"),
+        ("token_type_ids", token_type_ids, n_type, "token_type_embeddings"),
+        ("mixed_position_ids", mixed_position_ids, n_pos, "position_embeddings"),
+        ("mixed_token_type_ids", mixed_token_type_ids, n_type, "token_type_embeddings"),
     )
-    typ = _ids(
-        "token_type_ids", token_type_ids, grouped, n_type, "token_type_embeddings", input_ids
-    )
-    mpos = _ids(
-        "mixed_position_ids",
-        mixed_position_ids if mixed_position_ids is not None else default_pos,
-        mixed,
-        n_pos,
-        "position_embeddings",
-        input_ids,
-    )
-    mtyp = _ids(
-        "mixed_token_type_ids",
-        mixed_token_type_ids,
-        mixed,
-        n_type,
-        "token_type_embeddings",
-        input_ids,
+    check_values_below(
+        (name, t, rows, f"{table} has {rows} rows")
+        for name, t, rows, table in given
+        if t is not None
     )
     chosen = _backend.resolve("embed_mux", backend, input_ids.device, KERNEL_BACKENDS, KERNELS)
     params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
