@@ -48,9 +48,15 @@ def test_every_op_and_mode_gives_a_row_per_implementation(op, fake_timer):
     assert not logged
 
 
-def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer, monkeypatch):
+class CompilationError(Exception):
+    """Like Triton's: not a RuntimeError."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no GPU here\nmore"),
+                                   CompilationError("\nat 12:4: bad kernel\nsource")])  # fmt: skip
+def test_an_implementation_that_fails_gives_a_row_with_its_error(error, fake_timer, monkeypatch):
     def failing(x):
-        raise RuntimeError("no GPU here\nmore")
+        raise error
 
     def build(*args):
         w = workloads.build(*args)
@@ -59,10 +65,18 @@ def test_an_implementation_that_fails_is_logged_and_skipped(fake_timer, monkeypa
 
     monkeypatch.setattr(microbench, "build", build)
     logged: list[str] = []
-    rows = run(["mlp_demux"], [2], ["fwd"], ["eager", "triton"], TINY, torch.device("cpu"),
-               logged.append)  # fmt: skip
-    assert [r.impl for r in rows] == ["eager"]
-    assert logged == ["skip mlp_demux N=2 fwd triton: no GPU here"]
+    rows = run(["mlp_demux"], [2], ["fwd"], ["eager", "triton", "compiled"], TINY,
+               torch.device("cpu"), logged.append)  # fmt: skip
+    assert [(r.impl, r.timing) for r in rows] == [
+        ("eager", "cpu"), ("triton", "failed"), ("compiled", "cpu")]  # fmt: skip
+    text = (
+        f"{type(error).__name__}: {'no GPU here' if 'GPU' in str(error) else 'at 12:4: bad kernel'}"
+    )
+    assert rows[1].error == text and math.isnan(rows[1].ms) and math.isnan(rows[1].vs_eager)
+    assert rows[0].error == "" and rows[2].vs_eager == 1.0
+    assert logged == [f"failed: mlp_demux N=2 fwd triton: {text}"]
+    results = {"meta": {}, "ops": [r.as_dict() for r in rows], "end_to_end": []}
+    assert report.failed(results) == [f"{text} (mlp_demux N=2 fwd triton)"]
 
 
 def test_workloads_offer_the_kernel_backends_each_op_has():
@@ -194,6 +208,63 @@ def test_cli_budget_lists_what_it_did_not_measure(tmp_path, fake_timer, capsys):
     assert saved["ops"] == [] and saved["meta"]["unmeasured"] == ["hadamard_mux N=2",
                                                                   "hadamard_mux N=5"]  # fmt: skip
     assert "not measured (--budget-s): hadamard_mux N=2" in capsys.readouterr().err
+
+
+def test_cli_saves_every_op_n_at_once_and_goes_on_past_failures(tmp_path, fake_timer,
+                                                                monkeypatch, capsys):  # fmt: skip
+    """Each finished (op, N) is on disk before the next starts; a workload that raises
+    and an end-to-end run that raises are recorded, and the run still ends with its files;
+    the end-to-end run comes after the ops."""
+    out, order, on_disk = tmp_path / "out", [], []
+    measure = microbench.measure
+
+    def recording(op, n, *args):
+        saved = out / "results.json"
+        on_disk.append(sorted({(r["op"], r["n"]) for r in report.read_json(saved)["ops"]})
+                       if saved.exists() else [])  # fmt: skip
+        order.append((op, n))
+        if (op, n) == ("hadamard_mux", 3):
+            raise CompilationError("out of resources: shared memory")
+        return measure(op, n, *args)
+
+    def e2e_fails(*args, **kwargs):
+        order.append("end to end")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(microbench, "measure", recording)
+    monkeypatch.setattr(cli.end_to_end, "run_end_to_end", e2e_fails)
+    args = [*TINY_ARGS, "--ops", "hadamard_mux", "mlp_demux", "--n", "2", "3", "--modes",
+            "fwd", "--e2e-size", "small", "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    assert order == [("hadamard_mux", 2), ("hadamard_mux", 3), ("mlp_demux", 2),
+                     ("mlp_demux", 3), "end to end"]  # fmt: skip
+    assert on_disk == [[], [("hadamard_mux", 2)], [("hadamard_mux", 2)],
+                       [("hadamard_mux", 2), ("mlp_demux", 2)]]  # fmt: skip
+    saved = report.read_json(out / "results.json")
+    assert saved["meta"]["errors"] == [
+        "hadamard_mux N=3: CompilationError: out of resources: shared memory",
+        "end to end: OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB",
+    ]
+    assert {(r["op"], r["n"]) for r in saved["ops"]} == {("hadamard_mux", 2), ("mlp_demux", 2),
+                                                         ("mlp_demux", 3)}  # fmt: skip
+    assert saved["end_to_end"] == [] and not list(out.glob("*.part"))
+    assert "2 failure(s), recorded in the results" in capsys.readouterr().err
+
+
+def test_cli_budget_leaves_the_end_to_end_run_its_time(tmp_path, fake_timer, monkeypatch):
+    """Within E2E_RESERVE_S of the budget no op starts, but the end-to-end run does."""
+    monkeypatch.setattr(cli, "E2E_RESERVE_S", 3600)
+    out = tmp_path / "out"
+    args = [*TINY_ARGS, "--ops", "hadamard_mux", "--n", "2", "--e2e-n", "1", "--e2e-tasks",
+            "token", "--e2e-size", "small", "--batch-sizes", "2", "--budget-s", "60",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    saved = report.read_json(out / "results.json")
+    assert saved["ops"] == [] and saved["meta"]["unmeasured"] == ["hadamard_mux N=2"]
+    assert [r["impl"] for r in saved["end_to_end"]] == ["baseline"]
+    assert cli.main([*args[:-3], "0", "--out", str(out)]) == 0
+    assert report.read_json(out / "results.json")["meta"]["unmeasured"] == [
+        "hadamard_mux N=2", "end to end"]  # fmt: skip
 
 
 def test_cli_resume_measures_only_what_a_run_lacks(tmp_path, fake_timer):

@@ -1,9 +1,11 @@
 """``muxkernels bench``: every op and backend, and the multiplexed model end to end.
 
-On a GPU (the default when one is present): the end-to-end throughput against N (a
-12-layer, 768-wide encoder, published layers vs ours), then every op × implementation ×
-mode at N in {2, 5, 10, 20, 40}, d=768, L=128, bf16. On the CPU: the same harness on the
-reference paths at small sizes and a small encoder; kernel timings need a GPU.
+On a GPU (the default when one is present): every op × implementation × mode at N in
+{2, 5, 10, 20, 40}, d=768, L=128, bf16, then the end-to-end throughput against N (a
+12-layer, 768-wide encoder, published layers vs ours). On the CPU: the same harness on the
+reference paths at small sizes and a small encoder; kernel timings need a GPU. A failure
+(an implementation, a workload, the end-to-end run) is recorded in the results and the
+run goes on; with --out, every finished (op, N) is on disk at once.
 
     muxkernels bench                                  # everything, tables on screen
     muxkernels bench --out results/ --readme README.md   # + JSON, CSV, PNG; README section
@@ -38,6 +40,10 @@ CPU_SIZES = {"groups": 2, "length": 16, "d": 64}
 CPU_IMPLS = ("eager", "concat")
 E2E_TASKS = ("sequence", "token")
 GPU_BATCH_SIZES, CPU_BATCH_SIZES = (32, 64, 128, 256, 512), (4, 8, 16, 32)
+# Seconds of --budget-s the op measurements leave to the end-to-end run that follows them:
+# about 30 s on a 2-core CPU (measured); on an H200 about 10 s of timed passes (2 tasks x
+# 15 configurations x ~8 passes of <= 40 ms) plus model set-up and kernel compiles.
+E2E_RESERVE_S = 60
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--readme", type=Path, help="rewrite this README's results section")
     out.add_argument("--report", type=Path, metavar="RESULTS_JSON",
                      help="measure nothing: render a saved results.json")  # fmt: skip
-    out.add_argument("--budget-s", type=float, help="stop starting op measurements after "
-                     "this many seconds; what was left is listed as not measured")  # fmt: skip
+    out.add_argument("--budget-s", type=float, help="start no measurement after this many "
+                     f"seconds; the ops stop {E2E_RESERVE_S} s earlier when the end-to-end run "
+                     "is still to come; what was left is listed as not measured")  # fmt: skip
     out.add_argument("--resume", type=Path, metavar="RESULTS_JSON",
                      help="add to a saved run of the same sizes: measure only the end to end "
                      "run if it lacks one, and the (op, N) pairs it lacks")  # fmt: skip
@@ -129,6 +136,7 @@ def _meta(
         "sizes": {"groups": sizes.groups, "length": sizes.length, "d": sizes.d},
         "end_to_end_size": vars(e2e_size).copy() if e2e_size else None,
         "unmeasured": [],
+        "errors": [],
     }
 
 
@@ -181,7 +189,7 @@ def _resumed(saved: report.Results, meta: dict) -> report.Results:
     if not saved["end_to_end"]:
         saved["meta"]["end_to_end_size"] = meta["end_to_end_size"]
     saved["meta"]["command"] += "; " + meta["command"]
-    saved["meta"]["unmeasured"] = []
+    saved["meta"]["unmeasured"], saved["meta"]["errors"] = [], []  # measured again now
     return saved
 
 
@@ -198,13 +206,27 @@ def _measure_end_to_end(
     size: end_to_end.EncoderSize,
     device: torch.device,
     dtype: torch.dtype,
+    deadline: float,
 ) -> None:
+    """The end-to-end rows, unless the deadline has passed (then listed as not measured);
+    a failure is recorded in meta["errors"], not raised."""
+    if time.monotonic() > deadline:
+        results["meta"]["unmeasured"].append("end to end")
+        _log("not measured (--budget-s): end to end")
+        return
     gpu = device.type == "cuda"
-    rows = end_to_end.run_end_to_end(
-        args.e2e_n, args.e2e_tasks, size, device=device, dtype=dtype,
-        batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
-        log=_log,
-    )  # fmt: skip
+    start = time.monotonic()
+    try:
+        rows = end_to_end.run_end_to_end(
+            args.e2e_n, args.e2e_tasks, size, device=device, dtype=dtype,
+            batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
+            log=_log,
+        )  # fmt: skip
+    except Exception as err:  # any failure: recorded, the results so far are kept
+        results["meta"]["errors"].append(f"end to end: {microbench.error_text(err)}")
+        _log(f"failed: {results['meta']['errors'][-1]}")
+        return
+    _log(f"end to end: {len(rows)} rows in {time.monotonic() - start:.1f} s")
     results["end_to_end"] = [r.as_dict() for r in rows]
     if args.format == "table":
         print(report.text_table(results["end_to_end"], report.E2E_COLUMNS), flush=True)
@@ -219,11 +241,12 @@ def _measure_ops(
     device: torch.device,
     deadline: float,
 ) -> None:
-    """Every op at every N; past the deadline, (op, N) pairs are listed, not measured."""
+    """Every op at every N, each (op, N) saved as soon as it is measured; past the
+    deadline, (op, N) pairs are listed as not measured. A workload that cannot be built
+    or measured at all is recorded in meta["errors"]."""
     impls = args.impls or (microbench.IMPLS if device.type == "cuda" else CPU_IMPLS)
     measured = {(r["op"], r["n"]) for r in results["ops"]}
     for op in args.ops:
-        rows = []
         for n in args.n:
             if (op, n) in measured:
                 continue
@@ -231,15 +254,20 @@ def _measure_ops(
                 results["meta"]["unmeasured"].append(f"{op} N={n}")
                 continue
             _log(f"{op} N={n} ...")
+            start = time.monotonic()
             try:
-                rows += microbench.measure(op, n, args.modes, impls, sizes, device, _log)
-            except torch.cuda.OutOfMemoryError as err:
-                _log(f"skip {op} N={n}: {str(err).splitlines()[0][:160]}")
-        results["ops"] += [r.as_dict() for r in rows]
-        if args.format == "table" and rows:
-            print(report.text_table([r.as_dict() for r in rows], report.OPS_COLUMNS), flush=True)
-        if args.out:  # after every op, so a run cut short still leaves its files
-            report.write_files(results, args.out, with_plot=False)
+                rows = microbench.measure(op, n, args.modes, impls, sizes, device, _log)
+            except Exception as err:  # any failure: recorded, the next (op, N) goes on
+                results["meta"]["errors"].append(f"{op} N={n}: {microbench.error_text(err)}")
+                _log(f"failed: {results['meta']['errors'][-1]}")
+                continue
+            _log(f"{op} N={n}: {len(rows)} rows in {time.monotonic() - start:.1f} s")
+            results["ops"] += [r.as_dict() for r in rows]
+            if args.format == "table" and rows:
+                print(report.text_table([r.as_dict() for r in rows], report.OPS_COLUMNS),
+                      flush=True)  # fmt: skip
+            if args.out:  # at once, so a run cut short keeps every finished (op, N)
+                report.write_files(results, args.out, with_plot=False)
     if results["meta"]["unmeasured"]:
         _log("not measured (--budget-s): " + ", ".join(results["meta"]["unmeasured"]))
 
@@ -267,10 +295,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not gpu:
         _log("note: on the CPU this times the reference paths at small sizes and a small "
              "encoder; kernel timings need a GPU")  # fmt: skip
-    if size is not None and not results["end_to_end"]:
-        _measure_end_to_end(args, results, size, device, sizes.dtype)
+    e2e_to_come = size is not None and not results["end_to_end"]
     if not args.no_ops:
-        _measure_ops(args, results, sizes, device, deadline)
+        reserve = E2E_RESERVE_S if e2e_to_come else 0
+        _measure_ops(args, results, sizes, device, deadline - reserve)
+    if e2e_to_come:
+        _measure_end_to_end(args, results, size, device, sizes.dtype, deadline)
+    failures = report.failed(results)
+    if failures:
+        _log(f"{len(failures)} failure(s), recorded in the results:\n" + "\n".join(failures))
     _emit(results, args)
     return 0
 

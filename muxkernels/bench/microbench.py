@@ -5,7 +5,9 @@
 ``fwd+bwd``. Each row reports the median time, the bandwidth over the op's byte floor and
 its fraction of a copy of the same size, the GEMM rate and its fraction of torch.matmul on
 the op's GEMM shape, and the speedups over the eager reference, its torch.compile and the
-published concat form.
+published concat form. An implementation that fails (any exception: a Triton kernel that
+does not compile or exceeds the chip's resources, out of memory, a backend missing here)
+gives a row with its error and no time, and the measurement goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ BASELINES = ("eager", "compiled", "concat")  # what the speedup columns divide b
 class Row:
     """One (op, N, mode, implementation) timing and its ratios (NaN where not defined).
 
-    ``timing`` is how the median was taken: "graph", "direct" or "cpu" (see ``timing``).
+    ``timing`` is how the median was taken: "graph", "direct" or "cpu" (see ``timing``),
+    or "failed", with ``error`` saying why (``ms`` and the ratios are then NaN).
     """
 
     op: str
@@ -44,6 +47,7 @@ class Row:
     vs_eager: float
     vs_compiled: float
     vs_concat: float
+    error: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -74,6 +78,12 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den and not math.isnan(den) else math.nan
 
 
+def error_text(err: BaseException) -> str:
+    """``Type: first non-empty line of the message`` (at most 300 characters)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def measure(
     op: str,
     n: int,
@@ -83,26 +93,31 @@ def measure(
     device: torch.device,
     log: Callable[[str], None] = print,
 ) -> list[Row]:
-    """Time ``op`` at N = ``n`` in every mode and implementation; an implementation that
-    cannot run (a kernel backend missing here, out of memory) is logged and skipped."""
+    """Time ``op`` at N = ``n`` in every mode and implementation. An implementation that
+    fails gives a row with its error (and is logged); the others are still timed."""
     w = build(op, n, sizes, device)
     copy = timing.copy_gbs(w.bytes["fwd"], device)
     peak = timing.matmul_tflops(*w.gemm, sizes.dtype, device) if w.gemm else math.nan
     rows: list[Row] = []
     for mode in modes:
-        times: dict[str, timing.Timing] = {}
-        for impl in impls:
-            if impl not in w.impls:
-                continue
+        times: dict[str, timing.Timing | str] = {}  # a timing, or the error text
+        for impl in (i for i in impls if i in w.impls):
             try:
                 with timing.side_stream(device):  # the kept forward on the capture stream
                     times[impl] = timing.time_call(timed_call(w, impl, mode), device)
-            except (NotImplementedError, RuntimeError) as err:  # includes out of memory
-                log(f"skip {op} N={n} {mode} {impl}: {str(err).splitlines()[0][:160]}")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        base = {b: times[b].ms if b in times else math.nan for b in BASELINES}
+            except Exception as err:  # any failure: recorded in its row, the run goes on
+                times[impl] = error_text(err)
+                log(f"failed: {op} N={n} {mode} {impl}: {times[impl]}")
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        base = {b: _ms(times.get(b)) for b in BASELINES}
         for impl, t in times.items():
+            if isinstance(t, str):
+                nan = math.nan
+                rows.append(Row(op, n, w.shape, mode, impl, nan, "failed", nan, nan, nan, nan,
+                                nan, nan, nan, error=t))  # fmt: skip
+                continue
             gbs = w.bytes.get(mode, 0) / t.ms / 1e6
             tflops = w.flops.get(mode, 0) / t.ms / 1e9 or math.nan
             rows.append(
@@ -110,6 +125,10 @@ def measure(
                     _ratio(tflops, peak), *(_ratio(base[b], t.ms) for b in BASELINES))
             )  # fmt: skip
     return rows
+
+
+def _ms(t: timing.Timing | str | None) -> float:
+    return t.ms if isinstance(t, timing.Timing) else math.nan
 
 
 def run(

@@ -95,8 +95,10 @@ def write_files(results: Results, out: Path, *, with_plot: bool = True) -> list[
         out / "ops.csv": to_csv(results["ops"]),
         out / "end_to_end.csv": to_csv(results["end_to_end"]),
     }
-    for path, text in texts.items():
-        path.write_text(text)
+    for path, text in texts.items():  # whole files only: a run killed mid-write keeps the last
+        part = path.with_name(path.name + ".part")
+        part.write_text(text)
+        part.replace(path)
     paths = list(texts)
     if with_plot and plot(results, out / "bench.png"):
         paths.append(out / "bench.png")
@@ -265,12 +267,26 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
     )
     if meta.get("unmeasured"):
         parts.append("Not measured (time budget): " + ", ".join(meta["unmeasured"]) + ".")
+    failures = failed(results)
+    if failures:
+        parts.append("Failed:\n\n" + "\n".join(f"- {line}" for line in failures))
     parts.append(
         "Reproduce: `bash scripts/install.sh && muxkernels bench --out results`, or from a "
         f"saved run, `muxkernels bench --report results/results.json --out {files_dir} "
         "--readme README.md`."
     )
     return "\n\n".join(parts)
+
+
+def failed(results: Results) -> list[str]:
+    """What failed in a run, one line per error: the workloads and end-to-end run that
+    raised, then each distinct implementation error with the (op, N, mode, impl) it hit."""
+    rows = [r for r in results["ops"] if r.get("error")]
+    lines = list(results["meta"].get("errors", []))
+    for (error,), group in _by(rows, "error").items():
+        hit = ", ".join(f"{r['op']} N={r['n']} {r['mode']} {r['impl']}" for r in group)
+        lines.append(f"{error} ({hit})")
+    return lines
 
 
 def update_readme(readme: Path, section: str) -> None:
