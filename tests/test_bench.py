@@ -183,6 +183,8 @@ def test_cli_writes_files_and_the_readme_section(tmp_path, fake_timer, capsys):
     assert {(r["n"], r["impl"]) for r in saved["end_to_end"]} >= {(1, "baseline"),
                                                                   (2, "published")}  # fmt: skip
     assert (out / "ops.csv").read_text().startswith("op,n,shape,mode,impl,ms,timing,")
+    written = {"results.json", "ops.csv", "end_to_end.csv", "bench.png"}  # gpu_check counts on 4
+    assert {p.name for p in out.iterdir()} <= written
     text = readme.read_text()
     assert text.startswith("# x\n\n") and text.endswith(f"{report.README_END}\n\ntail\n")
     assert "old" not in text and "No GPU run has been recorded yet" in text
