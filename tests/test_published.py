@@ -15,7 +15,8 @@ from published_reference import (
 )
 
 from muxkernels.models import MultiplexedModel
-from muxkernels.models.published import config_from_published, to_published
+from muxkernels.models.published import to_published
+from muxkernels.models.published_config import config_from_published
 
 F64 = torch.float64
 GROUPS = 2

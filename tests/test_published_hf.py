@@ -9,7 +9,8 @@ import torch
 from published_reference import make_spec, published_logits, random_published_state
 
 from muxkernels.models import InputsEmbedsEncoder, MultiplexedModel, MuxConfig
-from muxkernels.models.published import hf_model, to_published
+from muxkernels.models.published import to_published
+from muxkernels.models.published_config import hf_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .multiplexed import MultiplexedModel
-from .published import FAMILIES, HEAD_FAMILIES, read_checkpoint, skipped_keys
+from .published import read_checkpoint, skipped_keys
+from .published_config import FAMILIES, HEAD_FAMILIES
 
 USER_ERRORS = (ValueError, OSError, ImportError, pickle.UnpicklingError)
 

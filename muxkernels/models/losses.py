@@ -15,10 +15,15 @@ j first (``torch.randint``), then the Bernoulli(1 − p) positions to drop.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .._checks import check_shape, check_tensor
+
+if TYPE_CHECKING:
+    from .multiplexed import Encoded, MultiplexedModel
 
 IGNORE_INDEX = -100
 
@@ -101,3 +106,39 @@ def weighted_loss(
 ) -> torch.Tensor:
     """task_loss_coeff · task + retrieval_loss_coeff · retrieval."""
     return task_loss_coeff * task + retrieval_loss_coeff * retrieval
+
+
+def published_objective(
+    model: MultiplexedModel,
+    encoded: Encoded,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> MuxOutput:
+    """The model's training output for ``labels`` (as ``model.forward`` returns it):
+    task loss on ``logits``, retrieval loss of ``model.retrieval_head`` on the encoder
+    output with labels drawn on ``generator``, weighted by the config's coefficients."""
+    c = model.config
+    check_tensor("labels", labels)
+    check_shape("labels", labels, tuple(logits.shape[:-1]), "one label per output row")
+    mask = encoded.attention_mask
+    token_mask = mask[: encoded.batch_size] if c.task == "token" and mask is not None else None
+    task = task_loss(logits, labels, token_mask)
+    groups, length = encoded.hidden.shape[:2]
+    index, dropped = draw_retrieval(
+        groups,
+        length,
+        c.num_instances,
+        c.special_positions,
+        c.retrieval_percentage,
+        generator=generator,
+        device=labels.device,
+    )
+    ids, special = encoded.input_ids, c.special_positions
+    targets = retrieval_labels(ids, index, dropped, special, c.pad_token_id)
+    retrieval_logits = model.retrieval_head(encoded.hidden, index)
+    retrieval = F.cross_entropy(
+        retrieval_logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX
+    )
+    loss = weighted_loss(task, retrieval, c.task_loss_coeff, c.retrieval_loss_coeff)
+    return MuxOutput(loss, task, retrieval, logits)

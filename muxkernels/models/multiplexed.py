@@ -448,41 +448,7 @@ class MultiplexedModel(nn.Module):
         logits = heads.task_logits(self, encoded.hidden, encoded.batch_size)
         if labels is None:
             return logits
-        return self._objective(encoded, logits, labels, generator)
-
-    def _objective(
-        self,
-        encoded: Encoded,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> losses.MuxOutput:
-        """task_loss_coeff · task loss + retrieval_loss_coeff · retrieval loss."""
-        c = self.config
-        check_tensor("labels", labels)
-        check_shape("labels", labels, tuple(logits.shape[:-1]), "one label per output row")
-        mask = encoded.attention_mask
-        token_mask = mask[: encoded.batch_size] if c.task == "token" and mask is not None else None
-        task = losses.task_loss(logits, labels, token_mask)
-        groups, length = encoded.hidden.shape[:2]
-        index, dropped = losses.draw_retrieval(
-            groups,
-            length,
-            c.num_instances,
-            c.special_positions,
-            c.retrieval_percentage,
-            generator=generator,
-            device=labels.device,
-        )
-        targets = losses.retrieval_labels(
-            encoded.input_ids, index, dropped, c.special_positions, c.pad_token_id
-        )
-        retrieval_logits = self.retrieval_head(encoded.hidden, index)
-        retrieval = F.cross_entropy(
-            retrieval_logits.flatten(0, 1), targets.flatten(), ignore_index=losses.IGNORE_INDEX
-        )
-        loss = losses.weighted_loss(task, retrieval, c.task_loss_coeff, c.retrieval_loss_coeff)
-        return losses.MuxOutput(loss, task, retrieval, logits)
+        return losses.published_objective(self, encoded, logits, labels, generator)
 
     def retrieve(
         self,
