@@ -137,11 +137,19 @@ if wants build; then
     reserve=0
     if wants tests; then reserve=$TESTS_S; fi
     limit=$(min "$BUILD_S" $(($(left) - reserve)))
-    if ((limit > 0)); then step build "$limit" "$BUILD_CMD"; else note "build: not run (no time left)"; fi
+    if ((limit > 0)); then
+        step build "$limit" "$BUILD_CMD"
+    else
+        note "build: not run (no time left)"
+    fi
 fi
 if wants tests; then
     limit=$(min "$TESTS_S" "$(left)")
-    if ((limit > 0)); then step tests "$limit" "$TESTS_CMD"; else note "tests: not run (no time left)"; fi
+    if ((limit > 0)); then
+        step tests "$limit" "$TESTS_CMD"
+    else
+        note "tests: not run (no time left)"
+    fi
 fi
 if wants bench; then
     limit=$(left)
@@ -151,11 +159,12 @@ if wants bench; then
     else
         export BENCH_BUDGET_S=$((limit - BENCH_TAIL_S))
         step bench "$limit" "$BENCH_CMD"
+        bench_ran=1
     fi
 fi
 
 # The bench's short tables and recorded failures, from its results, into the summary.
-if [[ -f "$BENCH_DIR/results.json" ]]; then
+if [[ -n ${bench_ran:-} && -f "$BENCH_DIR/results.json" ]]; then
     timeout "$SUMMARY_S" python3 - "$BENCH_DIR/results.json" >>"$SUMMARY" 2>&1 <<'EOF' || STATUS=1
 import sys
 
@@ -186,7 +195,8 @@ fi
 files=$(find "$OUT_DIR" -type f | wc -l)
 deep=$(find "$OUT_DIR" -mindepth 4 -type f | wc -l)
 if ((files > MAX_FILES || deep > 0)); then
-    note "output: $files files ($deep more than two folders down) in $OUT_DIR; the GPU machine returns at most $MAX_FILES, two folders deep"
+    note "output: $files files ($deep more than two folders down) in $OUT_DIR; the GPU \
+machine returns at most $MAX_FILES, two folders deep"
     STATUS=1
 fi
 
