@@ -31,7 +31,6 @@ CLASSES = {
     ("bert", "retrieval"): "MuxedBertForMaskedLM",
     ("electra", "sequence"): "MuxedElectraForSequenceClassification",
     ("electra", "token"): "MuxedElectraForTokenClassification",
-    ("electra", "retrieval"): "MuxedElectraForMaskedLM",
 }
 
 
@@ -175,10 +174,9 @@ def published_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes |= _linear(f"{head}.pre_decoder", d, d) | _norm(
                 f"{head}.pre_decoder_layer_norm", d
             )
-        if family == "bert":
-            shapes |= {"retrieval_head.decoder.weight": (v, d), "retrieval_head.decoder.bias": (v,)}
-        else:
-            shapes |= {f"retrieval_head.{k}": s for k, s in decoder.items()}
+        shapes |= {
+            f"retrieval_head.{k}": s for k, s in decoder.items()
+        }  # BERT: bias by _tie_weights
     if family != "roberta" and task == "sequence" and family == "electra":
         shapes |= _linear("classifier.dense", d, d) | _linear("classifier.out_proj", labels, d)
     elif family != "roberta" and task != "retrieval":
@@ -219,6 +217,8 @@ def random_published_state(spec: dict[str, Any], seed: int = 0) -> dict[str, tor
     for head in ("retrieval_head", "demultiplexer"):
         if f"{head}.bias" in state:
             state[f"{head}.decoder.bias"] = state[f"{head}.bias"]
+    if spec["model_type"] == "bert":  # its output embeddings: Hugging Face ties them
+        state["retrieval_head.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
     mux = spec["muxing_variant"]
     n, d = spec["num_instances"], spec["hidden_size"]
     if mux == "random_ortho":
@@ -495,11 +495,11 @@ def published_losses(spec, state, ids, labels, mask=None, generator=None):
     by_position = fronted.view(groups, n, length).permute(0, 2, 1)
     targets = by_position.gather(2, instance_labels[:, :, None]).squeeze(2)
     targets[:, :special] = -100
-    pads = targets == spec["pad_token_id"]
-    wipe = torch.bernoulli(
-        torch.full((groups, length), 1 - spec["retrieval_percentage"]), generator=generator
-    )
-    targets[pads | (~pads & wipe.bool())] = -100
+    if task != "retrieval":  # the masked LM keeps pads and wipes nothing
+        pads = targets == spec["pad_token_id"]
+        keep = torch.full((groups, length), 1 - spec["retrieval_percentage"])
+        wipe = torch.bernoulli(keep, generator=generator)
+        targets[pads | (~pads & wipe.bool())] = -100
     retrieval_logits = published_retrieval_logits(spec, state, h, instance_labels)
     retrieval = F.cross_entropy(retrieval_logits.reshape(-1, spec["vocab_size"]), targets.view(-1))
     if task == "token" and family == "roberta" and mask is not None:

@@ -39,7 +39,7 @@ CASES = [
     ("bert", "index_pos", "sequence", "gaussian_hadamard", {"num_labels": 1}),
     ("electra", "index_pos", "sequence", "gaussian_hadamard", {"embedding_size": 8}),
     ("electra", "index_pos", "token", "random_ortho_low_rank", {}),
-    ("electra", "index_pos", "retrieval", "binary_hadamard", {"embedding_size": 8}),
+    ("electra", "index_pos", "token", "binary_hadamard", {"embedding_size": 8}),
     ("electra", "index", "sequence", "gaussian_hadamard", {}),
     ("electra", "index", "token", "random_ortho", {}),
 ]
@@ -258,7 +258,7 @@ KERNEL_CASES = {
     "roberta-index-token": (CASES[1], ("binary_hadamard", "index_demux")),
     "roberta-mlp-token": (CASES[4], ("ortho_mux", "mlp_demux")),
     "bert-index_pos-token-low_rank": (CASES[6], ("lowrank_ortho_mux", "index_pos_demux")),
-    "electra-index_pos-retrieval": (CASES[15], ("hadamard_mux", "index_pos_demux")),
+    "bert-index_pos-retrieval": (CASES[7], ("hadamard_mux", "index_pos_demux")),
 }
 
 

@@ -16,7 +16,7 @@ retrieval path (``retrieval_head``), for instance j[g, t] (or every instance):
                         x = pre_decoder_layer_norm(gelu(pre_decoder(x))) + x
     plain (BERT):       x = layer_norm_2(gelu(dense_2(x)));
                         x = pre_decoder_layer_norm(gelu(pre_decoder(x)))
-    logits = decoder(x)
+    logits = decoder(x)                                       (bias tied to ``bias``)
 
 The first layer never builds the 2d-wide concatenation: dense_1 [k; h] = W_h h + (W_k k + b).
 """
@@ -126,8 +126,9 @@ class IndexPosRetrievalHead(_PreDecoder):
     """The published ``retrieval_head`` of index_pos: logits over the vocabulary.
 
     ``residual=True`` is the ELECTRA (and generic) head: every demux layer, residual
-    connections, ``decoder`` with its bias tied to ``bias``. ``residual=False`` is the BERT
-    head: layers 1 and 2 only, no residuals, ``decoder`` with its own bias.
+    connections. ``residual=False`` is the BERT head: layers 1 and 2 only, no residuals.
+    Both tie ``decoder``'s bias to ``bias`` (the BERT head's ``_tie_weights`` does it when
+    Hugging Face ties the model's weights).
     ``forward(hidden (B', L, d), index (B', L))`` → (B', L, V) for instance index[g, t];
     ``every_instance(hidden, batch_size, start)`` → (B, L − start, V), rows g·N+i.
     """
@@ -147,9 +148,8 @@ class IndexPosRetrievalHead(_PreDecoder):
         self.residual = residual
         self.backend = backend
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        if residual:
-            self.bias = nn.Parameter(torch.zeros(vocab_size))
-            self.decoder.bias = self.bias
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.decoder.bias = self.bias
 
     def _logits(
         self,

@@ -10,7 +10,9 @@ every group g and position t an instance j[g,t] is drawn uniformly from [0, N) (
 first ``special_positions`` positions), the label is that instance's token at t, and the
 first ``special_positions`` positions, pad tokens and a random 1 − ``retrieval_percentage``
 of the other positions get −100. The draws follow the published order on one generator:
-j first (``torch.randint``), then the Bernoulli(1 − p) positions to drop.
+j first (``torch.randint``), then the Bernoulli(1 − p) positions to drop. The published
+masked LM (task "retrieval") keeps pad tokens and draws no Bernoulli: only the special
+positions are dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def draw_retrieval(
     length: int,
     num_instances: int,
     special_positions: int,
-    retrieval_percentage: float,
+    retrieval_percentage: float | None,
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
@@ -52,8 +54,9 @@ def draw_retrieval(
     """The published random draws: (j (B', L) int64, dropped (B', L) bool).
 
     j is 0 on the first ``special_positions`` positions and uniform on [0, N) after them;
-    ``dropped`` marks the positions whose label a Bernoulli(1 − retrieval_percentage) wipes.
-    Drawn on the CPU when ``generator`` is a CPU generator, then moved to ``device``.
+    ``dropped`` marks the positions whose label a Bernoulli(1 − retrieval_percentage) wipes
+    (none, and no draw, for ``retrieval_percentage=None``: the masked LM). Drawn on the CPU
+    when ``generator`` is a CPU generator, then moved to ``device``.
     """
     where = generator.device if generator is not None else device
     index = torch.zeros(groups, length, dtype=torch.long, device=where)
@@ -63,6 +66,8 @@ def draw_retrieval(
         generator=generator,
         device=where,
     )
+    if retrieval_percentage is None:
+        return index.to(device), torch.zeros(groups, length, dtype=torch.bool, device=device)
     wipe = torch.full((groups, length), 1.0 - retrieval_percentage, device=where)
     dropped = torch.bernoulli(wipe, generator=generator).bool()
     return index.to(device), dropped.to(device)
@@ -125,17 +130,18 @@ def published_objective(
     token_mask = mask[: encoded.batch_size] if c.task == "token" and mask is not None else None
     task = task_loss(logits, labels, token_mask)
     groups, length = encoded.hidden.shape[:2]
+    masked_lm = c.task == "retrieval"
     index, dropped = draw_retrieval(
         groups,
         length,
         c.num_instances,
         c.special_positions,
-        c.retrieval_percentage,
+        None if masked_lm else c.retrieval_percentage,
         generator=generator,
         device=labels.device,
     )
     ids, special = encoded.input_ids, c.special_positions
-    targets = retrieval_labels(ids, index, dropped, special, c.pad_token_id)
+    targets = retrieval_labels(ids, index, dropped, special, None if masked_lm else c.pad_token_id)
     retrieval_logits = model.retrieval_head(encoded.hidden, index)
     retrieval = F.cross_entropy(
         retrieval_logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX

@@ -92,6 +92,8 @@ class MuxConfig:
       index prefix N + 1 for index demux, else 0.
     - ``pad_token_id``: the padding id (no retrieval label; ``padding_idx`` of the word
       table); ``roberta_positions``: RoBERTa's position rule (see ``Embeddings``).
+    - ``tie_word_embeddings``: the retrieval head's decoder weight is the word embedding
+      table (MUX-PLMs BERT, whose output embeddings Hugging Face ties).
     - ``embedding_size``: width of the embeddings and the multiplexer when it differs from
       ``hidden_size`` (ELECTRA: an ``embeddings_project`` Linear follows the second pass).
     - ``embed_twice``: the published second embedding pass over the mixture. None = on,
@@ -138,6 +140,7 @@ class MuxConfig:
     special_positions: int | None = None
     pad_token_id: int | None = None
     roberta_positions: bool = False
+    tie_word_embeddings: bool = False
     task_loss_coeff: float = 0.9
     retrieval_loss_coeff: float = 0.1
     retrieval_percentage: float = 1.0
@@ -317,8 +320,21 @@ class MultiplexedModel(nn.Module):
             built += [self.multiplexer.muxing_attention, self.multiplexer.muxing_attention_2]
         for module in built:
             module.apply(self._init_weights)
+        if c.tie_word_embeddings:
+            self._tie_decoder()
         for param in heads.unread_parameters(self):
             param.requires_grad_(False)
+
+    def _tie_decoder(self) -> None:
+        """The retrieval decoder's weight becomes the word embedding table."""
+        table = self.embeddings.word_embeddings.weight
+        decoder = self.retrieval_head.decoder
+        if table.shape != decoder.weight.shape:
+            raise ValueError(
+                f"tie_word_embeddings needs a word table of the decoder's shape "
+                f"{tuple(decoder.weight.shape)}, got {tuple(table.shape)}"
+            )
+        decoder.weight = table
 
     def _build_multiplexer(self, backend: Backend) -> nn.Module:
         c = self.config

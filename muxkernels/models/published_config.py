@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Family:
     """What a published model family fixes: its head style, its special ids (hard-coded in
-    the published code), its position rule and the defaults of its training scripts."""
+    the published code), its position rule, whether Hugging Face ties its retrieval decoder
+    to the word embeddings (the BERT models name it their output embeddings), its
+    multiplexers and the defaults of its training scripts."""
 
     prefix: str
     heads: str
@@ -33,6 +35,7 @@ class Family:
     cls_id: int
     index_base: int | None  # idx(i) = base − (i + 2); None: the vocabulary size
     roberta_positions: bool
+    ties_decoder: bool
     muxing_variants: tuple[str, ...]
     task_loss_coeff: float
     retrieval_loss_coeff: float
@@ -46,21 +49,21 @@ class Family:
 ALL_MUXING = ("gaussian_hadamard", "binary_hadamard", "random_ortho", "random_ortho_low_rank")
 FAMILIES: dict[str, Family] = {
     "roberta": Family(
-        "roberta", "datamux", 50000, 49923, None, True,
+        "roberta", "datamux", 50000, 49923, None, True, False,
         ("gaussian_hadamard", "binary_hadamard", "random_ortho"), 0.9, 0.1,
         {"RobertaSequenceClassificationMuxed": "sequence",
          "RobertaTokenClassificationMuxed": "token"},
     ),
     "bert": Family(
-        "bert", "muxplms_bert", 680, 101, 680, False,
+        "bert", "muxplms_bert", 680, 101, 680, False, True,
         (*ALL_MUXING, "gaussian_attention_v2"), 1.0, 0.0,
         {"MuxedBertForSequenceClassification": "sequence",
          "MuxedBertForTokenClassification": "token", "MuxedBertForMaskedLM": "retrieval"},
     ),
     "electra": Family(
-        "electra", "muxplms_electra", 680, 101, 680, False, ALL_MUXING, 1.0, 0.0,
+        "electra", "muxplms_electra", 680, 101, 680, False, False, ALL_MUXING, 1.0, 0.0,
         {"MuxedElectraForSequenceClassification": "sequence",
-         "MuxedElectraForTokenClassification": "token", "MuxedElectraForMaskedLM": "retrieval"},
+         "MuxedElectraForTokenClassification": "token"},
     ),
 }  # fmt: skip
 HEAD_FAMILIES = {f.heads: name for name, f in FAMILIES.items()}
@@ -74,7 +77,7 @@ def front_end(family: str, demuxing: str, task: str) -> tuple[bool, int | None]:
         return True, 1 if task == "sequence" else 0
     if family == "bert":
         return True, 0
-    return task == "retrieval", 1 if task == "sequence" else 0  # ELECTRA
+    return False, 1 if task == "sequence" else 0  # ELECTRA
 
 
 def published_family(values: Mapping[str, Any], family: str | None = None) -> str:
@@ -179,6 +182,7 @@ def config_from_published(
         special_positions=special_positions,
         pad_token_id=pad_token_id,
         roberta_positions=fam.roberta_positions,
+        tie_word_embeddings=fam.ties_decoder and bool(_field(values, "tie_word_embeddings", True)),
         task_loss_coeff=float(_field(values, "task_loss_coeff", fam.task_loss_coeff)),
         retrieval_loss_coeff=float(
             _field(values, "retrieval_loss_coeff", fam.retrieval_loss_coeff)
@@ -237,6 +241,8 @@ def published_config(model: MultiplexedModel) -> dict[str, Any]:
         "embed_twice": (c.embed_twice is not False, "None or True"),
         "use_attention_mask": (not c.use_attention_mask, "False or None"),
     }
+    if not fam.ties_decoder:
+        wanted["tie_word_embeddings"] = (not c.tie_word_embeddings, False)
     if fam.roberta_positions:
         wanted["position_offset"] = (c.position_offset == (c.pad_token_id or 0) + 1, "pad + 1")
     else:
@@ -265,6 +271,8 @@ def published_config(model: MultiplexedModel) -> dict[str, Any]:
             values["embedding_size"] = c.width
     else:
         values = model.encoder.model.config.to_dict()
+    if fam.ties_decoder:
+        values["tie_word_embeddings"] = c.tie_word_embeddings
     values |= {
         "model_type": family,
         "architectures": [classes[c.task]],
