@@ -1,6 +1,6 @@
 """muxkernels: fused kernels for data multiplexing (DataMUX).
 
-Functional ops (each takes ``backend=``: "auto", "reference", "triton", "cuda"):
+Functional ops (each takes ``backend=``: "auto", "reference", "cpu", "triton", "cuda"):
 ``embed_mux``, ``hadamard_mux``, ``ortho_mux``, ``lowrank_ortho_mux``, ``index_demux``,
 ``index_demux_logits``, ``index_pos_demux``, ``mlp_demux``. Each differentiable op has a
 public ``torch.autograd.Function`` (``HadamardMux``, ``OrthoMux``, ``LowRankOrthoMux``,

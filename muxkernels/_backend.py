@@ -1,10 +1,14 @@
-"""Backend selection: ``reference``, ``triton``, ``cuda``, or ``auto``.
+"""Backend selection: ``reference``, ``cpu``, ``triton``, ``cuda``, or ``auto``.
 
 Order of precedence: an explicit ``backend=`` argument, then the ``MUXKERNELS_BACKEND``
-environment variable, then ``auto``. ``auto`` picks, for the input's device, the first
-backend in the op's preference list that is built and usable, else ``reference``. A
-backend asked for explicitly (argument or variable) that the op lacks or that cannot run
-here is an error, never a silent fallback.
+environment variable, then ``auto``. ``auto`` picks ``cpu`` for CPU tensors (the
+``reference`` for an op without it) and, for CUDA tensors, the first backend in the op's
+preference list that is built and usable, else ``reference``. A backend asked for
+explicitly (argument or variable) that the op lacks or that cannot run here is an error,
+never a silent fallback.
+
+``reference`` and ``cpu`` are made of ATen ops; ``triton`` and ``cuda`` call the
+``muxkernels::<name>_<backend>`` operators, which must be registered to be used.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import torch
 
 from . import _extension, _opdefs, _triton
 
-Backend = Literal["auto", "reference", "triton", "cuda"]
-BACKENDS: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
+Backend = Literal["auto", "reference", "cpu", "triton", "cuda"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "cpu", "triton", "cuda")
+OPERATOR_BACKENDS: tuple[str, ...] = ("triton", "cuda")  # run registered muxkernels:: operators
 ENV_VAR = "MUXKERNELS_BACKEND"
 
 
@@ -51,6 +56,10 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
     """Whether ``backend`` can run on ``device`` here, and if not, why."""
     if backend == "reference":
         return True, ""
+    if backend == "cpu":
+        if device.type == "cpu":
+            return True, ""
+        return False, f"the cpu backend runs on CPU tensors, got {device}"
     if backend == "triton":
         return _triton_usable(device)
     if backend == "cuda":
@@ -59,7 +68,14 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
 
 
 def _missing(backend: str, kernels: tuple[str, ...]) -> list[str]:
+    if backend not in OPERATOR_BACKENDS:
+        return []
     return [name for name in kernels if not _opdefs.has_operator(name, backend)]
+
+
+def runs(backend: str, device: torch.device, kernels: tuple[str, ...]) -> bool:
+    """Whether ``backend`` can run an op needing the operators ``kernels`` on ``device``."""
+    return usable(backend, device)[0] and not _missing(backend, kernels)
 
 
 @torch.compiler.assume_constant_result
@@ -72,8 +88,8 @@ def resolve(
 ) -> str:
     """The backend that runs ``op`` on ``device``.
 
-    ``implemented`` lists the op's kernel backends in order of preference for ``auto``
-    (fastest first); ``reference`` is always implemented. ``kernels`` names the operators
+    ``implemented`` lists the op's backends besides ``reference`` (always implemented), the
+    CUDA ones in ``auto``'s order of preference (fastest first). ``kernels`` names the operators
     (``muxkernels::<name>_<backend>``) a backend must have registered to run the op, so a
     stale build is never picked. Under torch.compile the choice is made once, at trace
     time, and baked into the graph.
@@ -88,9 +104,9 @@ def resolve(
         backend, source = env, f"the {ENV_VAR} environment variable"
     if backend == "auto":
         if device.type == "cpu":
-            return "reference"
+            return "cpu" if "cpu" in implemented else "reference"
         for candidate in implemented:
-            if usable(candidate, device)[0] and not _missing(candidate, kernels):
+            if runs(candidate, device, kernels):
                 return candidate
         return "reference"
     if backend == "reference":

@@ -62,6 +62,44 @@ def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor |
             )
 
 
+def check_float_tensor(
+    name: str, t: object, ranks: int | tuple[int, ...], layout: str
+) -> torch.Size:
+    """``t`` is a non-empty floating tensor of one of ``ranks``; returns its shape.
+
+    One call for the four checks every floating input gets (the ops call it on every
+    call, so it reads each attribute once)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        check_floating(name, t)
+    shape = t.shape
+    if len(shape) != ranks if isinstance(ranks, int) else len(shape) not in ranks:
+        check_rank(name, t, ranks, layout)
+    if 0 in shape:
+        check_nonempty(name, t)
+    return shape
+
+
+def check_param(
+    name: str,
+    t: object,
+    shape: tuple[int, ...],
+    what: str,
+    data_name: str,
+    data: torch.Tensor,
+) -> None:
+    """A parameter of ``data``: a tensor of exactly ``shape``, of the data's dtype (or
+    float32), on the data's device."""
+    check_tensor(name, t)
+    if t.shape != shape:
+        check_shape(name, t, shape, what)
+    if t.dtype != data.dtype:
+        check_param_dtype(name, t, data_name, data)
+    if t.device != data.device:
+        check_same_device(data_name, data, **{name: t})
+
+
 def check_param_dtype(name: str, t: torch.Tensor, data_name: str, data: torch.Tensor) -> None:
     """A parameter must share the data's dtype, or be float32 (kept in full precision)."""
     check_floating(name, t)

@@ -1,8 +1,9 @@
 """The public ops as test cases: one table of calls on small odd-sized inputs, the kernel
 backends each op has, and whether a backend can run an op here.
 
-"triton" runs on CPU tensors under the interpreter (TRITON_INTERPRET=1), "cuda" through
-the CPU implementations of the compiled operators of muxkernels._C.
+"cpu" runs on CPU tensors, "triton" on CPU tensors under the interpreter
+(TRITON_INTERPRET=1), "cuda" through the CPU implementations of the compiled operators of
+muxkernels._C.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import torch
 
 import muxkernels as mk
-from muxkernels import _backend, _opdefs, transforms
+from muxkernels import _backend, transforms
 
 CPU = torch.device("cpu")
 
@@ -151,6 +152,4 @@ def op_of(case: str) -> str:
 
 def runnable(op: str, backend: str, device: torch.device = CPU) -> bool:
     """Whether ``backend`` can run ``op`` on ``device`` tensors here."""
-    return _backend.usable(backend, device)[0] and all(
-        _opdefs.has_operator(name, backend) for name in KERNELS[op]
-    )
+    return _backend.runs(backend, device, KERNELS[op])

@@ -1,7 +1,8 @@
 """Backend choice: the backend= argument, the MUXKERNELS_BACKEND variable, and "auto".
 
 A backend asked for explicitly that an op lacks, or that cannot run here, is an error
-naming the op and who asked for it; "auto" on CPU is the reference. With the compiled
+naming the op and who asked for it; "auto" on CPU is the cpu backend (the reference for
+an op without one). With the compiled
 extension built, backend="cuda" on CPU tensors runs its CPU implementation through
 muxkernels.HadamardMux and must match the reference forward and backward.
 """
@@ -90,13 +91,30 @@ def test_every_op_rejects_unknown_backend(op):
         run_op(op, "fastest")
 
 
-def test_auto_on_cpu_is_reference():
+def test_auto_on_cpu_is_the_cpu_backend_else_the_reference():
+    assert _backend.resolve("hadamard_mux", "auto", CPU, ("cuda", "triton", "cpu")) == "cpu"
     assert _backend.resolve("hadamard_mux", "auto", CPU, ("cuda", "triton")) == "reference"
 
 
+def test_cpu_backend_on_a_cuda_tensor_says_it_runs_on_the_cpu():
+    cuda = torch.device("cuda")
+    assert _backend.resolve("op", "auto", cuda, ("cpu",)) == "reference"
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' .*runs on CPU tensors, got cuda"):
+        _backend.resolve("op", "cpu", cuda, ("cpu",))
+
+
 @pytest.mark.parametrize("op", OPS)
-def test_every_op_auto_on_cpu_equals_reference(op):
-    torch.testing.assert_close(run_op(op, "auto"), run_op(op, "reference"), rtol=0, atol=0)
+def test_every_op_auto_on_cpu_runs_the_cpu_backend(op, monkeypatch):
+    calls = []
+    real = _backend.resolve
+
+    def spy(*args, **kwargs):
+        calls.append(real(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(_backend, "resolve", spy)
+    torch.testing.assert_close(run_op(op, "auto"), run_op(op, "reference"), rtol=1e-4, atol=1e-4)
+    assert calls == ["cpu", "reference"]
 
 
 @pytest.mark.parametrize("value", ["reference", " Reference "])

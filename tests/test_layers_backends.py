@@ -12,7 +12,7 @@ from muxkernels.models import MultiplexedModel, MuxConfig
 from muxkernels.nn.multiplexer import MUXING_VARIANTS
 
 N, D, LABELS = 3, 8, 5
-BACKENDS = ("triton", "cuda")
+BACKENDS = ("cpu", "triton", "cuda")
 
 
 def _pair(make, backend):

@@ -3,9 +3,9 @@
 On a GPU (the default when one is present): every op × implementation × mode at N in
 {2, 5, 10, 20, 40}, d=768, L=128, bf16, then the end-to-end throughput against N (a
 12-layer, 768-wide encoder, published layers vs ours). On the CPU: the same harness on the
-reference paths at small sizes and a small encoder; kernel timings need a GPU. A failure
-(an implementation, a workload, the end-to-end run) is recorded in the results and the
-run goes on; with --out, every finished (op, N) is on disk at once.
+cpu backend (and the reference) at small sizes and a small encoder; kernel timings need a
+GPU. A failure (an implementation, a workload, the end-to-end run) is recorded in the
+results and the run goes on; with --out, every finished (op, N) is on disk at once.
 
     muxkernels bench                                  # everything, tables on screen
     muxkernels bench --out results/ --readme README.md   # + JSON, CSV, PNG; README section
@@ -37,7 +37,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NS = (2, 5, 10, 20, 40)
 E2E_NS = (1, 2, 5, 10, 20, 40)
 CPU_SIZES = {"groups": 2, "length": 16, "d": 64}
-CPU_IMPLS = ("eager", "concat")
+CPU_IMPLS = ("eager", "published", "cpu")
 E2E_TASKS = ("sequence", "token")
 GPU_BATCH_SIZES, CPU_BATCH_SIZES = (32, 64, 128, 256, 512), (4, 8, 16, 32)
 # Seconds of --budget-s the op measurements leave to the end-to-end run that follows them:
@@ -130,7 +130,9 @@ def _meta(
         "python": platform.python_version(),
         "muxkernels": __version__,
         "commit": _commit(),
-        "backends": [b for b in _backend.BACKENDS[2:] if gpu and _backend.usable(b, device)[0]],
+        "backends": [
+            b for b in _backend.OPERATOR_BACKENDS if gpu and _backend.usable(b, device)[0]
+        ],
         "command": command,
         "dtype": str(sizes.dtype).removeprefix("torch."),
         "sizes": {"groups": sizes.groups, "length": sizes.length, "d": sizes.d},
@@ -293,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = _resumed(report.read_json(args.resume), results["meta"])
     _log(report.describe(results["meta"]))
     if not gpu:
-        _log("note: on the CPU this times the reference paths at small sizes and a small "
-             "encoder; kernel timings need a GPU")  # fmt: skip
+        _log("note: on the CPU this times the cpu backend and the reference at small sizes "
+             "and a small encoder; kernel timings need a GPU")  # fmt: skip
     e2e_to_come = size is not None and not results["end_to_end"]
     if not args.no_ops:
         reserve = E2E_RESERVE_S if e2e_to_come else 0

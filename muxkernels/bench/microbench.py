@@ -5,7 +5,7 @@
 ``fwd+bwd``. Each row reports the median time, the bandwidth over the op's byte floor and
 its fraction of a copy of the same size, the GEMM rate and its fraction of torch.matmul on
 the op's GEMM shape, and the speedups over the eager reference, its torch.compile and the
-published concat form. An implementation that fails (any exception: a Triton kernel that
+published layers' form. An implementation that fails (any exception: a Triton kernel that
 does not compile or exceeds the chip's resources, out of memory, a backend missing here)
 gives a row with its error and no time, and the measurement goes on.
 """
@@ -21,8 +21,8 @@ import torch
 from . import timing
 from .workloads import Sizes, Workload, build
 
-IMPLS = ("eager", "compiled", "concat", "triton", "cuda")
-BASELINES = ("eager", "compiled", "concat")  # what the speedup columns divide by
+IMPLS = ("eager", "compiled", "published", "cpu", "triton", "cuda")
+BASELINES = ("eager", "compiled", "published")  # what the speedup columns divide by
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Row:
     of_matmul: float
     vs_eager: float
     vs_compiled: float
-    vs_concat: float
+    vs_published: float
     error: str = ""
 
     def as_dict(self) -> dict[str, object]:

@@ -27,7 +27,7 @@ README_START, README_END = "<!-- bench-results:start -->", "<!-- bench-results:e
 OPS_COLUMNS = {  # field: header of the screen table
     "op": "op", "n": "N", "mode": "mode", "impl": "impl", "ms": "ms", "timing": "timing",
     "gbs": "GB/s", "of_copy": "of copy", "tflops": "TFLOP/s", "of_matmul": "of matmul",
-    "vs_eager": "vs eager", "vs_compiled": "vs compiled", "vs_concat": "vs concat",
+    "vs_eager": "vs eager", "vs_compiled": "vs compiled", "vs_published": "vs published",
 }  # fmt: skip
 E2E_COLUMNS = {
     "task": "task", "n": "N", "impl": "impl", "groups": "B'", "instances": "instances",
@@ -143,18 +143,22 @@ def _op_table(
 def ops_summary(results: Results, mode: str) -> str:
     """Markdown: one line per op, one column per N. With kernel rows, each cell is the
     fastest kernel backend's time and its speedup over the eager reference / torch.compile
-    of it / the concat form (where measured); without (a CPU run), the eager time."""
+    of it / the published form; on a CPU run, the ``cpu`` backend's time (the default
+    path there) and its speedup over the published form, or the eager time without it."""
     rows = [r for r in results["ops"] if r["mode"] == mode]
     kernels = any(r["impl"] in KERNEL_IMPLS for r in rows)
+    cpu = not kernels and any(r["impl"] == "cpu" for r in rows)
 
     def cell(op: str, group: list[dict[str, Any]]) -> str:
-        best = _fastest(group, KERNEL_IMPLS if kernels else ("eager",))
+        best = _fastest(group, KERNEL_IMPLS if kernels else ("cpu",) if cpu else ("eager",))
         if best is None:
             return "-"
         text = f"{best['ms']:.3g} ms"
         if kernels:
             ratios = [_x(best[f"vs_{b}"]) for b in BASELINES if not math.isnan(best[f"vs_{b}"])]
             text += f" {best['impl']} " + " / ".join(ratios)
+        elif cpu and not math.isnan(best["vs_published"]):
+            text += f" {_x(best['vs_published'])}"
         return text
 
     return _op_table(rows, cell)
@@ -229,10 +233,10 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
     parts = [describe(meta)]
     if not meta["gpu"]:
         parts.append(
-            "**No GPU run has been recorded yet.** These numbers come from a CPU: the "
-            'reference paths at small sizes and a small encoder, where "muxkernels" runs '
-            "the reference backend, so they show the harness, not the kernels (kernel "
-            "timings need a GPU). `bash scripts/gpu_check.sh` on a CUDA machine measures "
+            "**No GPU run has been recorded yet.** These numbers come from a CPU: small "
+            'sizes and a small encoder, where "muxkernels" runs the `cpu` backend (what '
+            "`auto` picks for CPU tensors), so they show the CPU path, not the kernels "
+            "(kernel timings need a GPU). `bash scripts/gpu_check.sh` on a CUDA machine measures "
             "everything; the command at the end of this section turns its run into this "
             "section."
         )
@@ -246,8 +250,10 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
     mode_text = {"fwd": "forward", "fwd+bwd": "forward + backward"}
     impl_note = (
         "the fastest kernel backend's median and its speedup over the eager reference / "
-        "torch.compile of the reference / the published concat form (demux)"
+        "torch.compile of the reference / the published layers' form"
         if any(r["impl"] in KERNEL_IMPLS for r in results["ops"])
+        else "the `cpu` backend's median and its speedup over the published layers' form"
+        if any(r["impl"] == "cpu" for r in results["ops"])
         else "the eager reference's median"
     )
     for mode in ("fwd", "fwd+bwd"):

@@ -1,9 +1,9 @@
 """The benchmarked workloads: each op at one shape, its implementations and its cost model.
 
 Implementations: ``eager`` (the reference, plain PyTorch), ``compiled`` (torch.compile of
-the reference), ``concat`` (token and sequence index demux: the published form, which
-builds the (…, 2d) concatenation, in the data's dtype) and the kernel backends ``triton``
-and ``cuda``. Costs are the floors the ops are judged by (SPEC "Floors"): bytes that must
+the reference), ``published`` (the published layers' form of the op, in the data's dtype:
+``muxkernels.bench.published``) and the kernel backends each op has. Costs are the floors
+the ops are judged by (SPEC "Floors"): bytes that must
 move (inputs read once, outputs written once) and the FLOPs of the GEMMs.
 """
 
@@ -20,6 +20,7 @@ from ..ops.embed_mux import KERNEL_BACKENDS as EMBED_BACKENDS
 from ..ops.hadamard_mux import KERNEL_BACKENDS as HADAMARD_BACKENDS
 from ..ops.mlp_demux import KERNEL_BACKENDS as MLP_BACKENDS
 from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
+from ..reference import lowrank_dense
 from . import published
 
 Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -90,6 +91,7 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
             lambda x, b: ops.hadamard_mux(x["embeddings"], x["vectors"], backend=b),
             HADAMARD_BACKENDS,
         )
+        w.impls["published"] = lambda x: published.hadamard_mux(x["embeddings"], x["vectors"])
         w.bytes = dict.fromkeys(MODES, traffic)
         w.bytes["fwd+bwd"] = 2 * traffic
         return w
@@ -99,6 +101,7 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
             lambda x, b: ops.ortho_mux(x["embeddings"], x["matrices"], backend=b),
             ORTHO_BACKENDS,
         )
+        w.impls["published"] = lambda x: published.ortho_mux(x["embeddings"], x["matrices"])
         gemm_flops = 2.0 * g * length * n * d * d
         w.gemm = (g * length, n * d, d)
     else:
@@ -108,6 +111,9 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
             lambda x, b: ops.lowrank_ortho_mux(x["embeddings"], x["u"], x["h"], backend=b),
             ORTHO_BACKENDS,
         )
+        # the published layer keeps the dense (N, d, d) matrices, built once
+        dense = lowrank_dense(u, h, n)
+        w.impls["published"] = lambda x: published.ortho_mux(x["embeddings"], dense)
         gemm_flops = 4.0 * g * length * d * (d // n) * n
         w.gemm = (g * length, d, d)
     w.flops = {"fwd": gemm_flops, "bwd": gemm_flops, "fwd+bwd": 2 * gemm_flops}
@@ -117,27 +123,36 @@ def _mux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
 
 def _embed(n: int, s: Sizes, device: torch.device) -> Workload:
     g, length, d, dt = s.groups, s.length, s.d, s.dtype
+    pad = published.ROBERTA_PADDING_IDX
     x = {
-        "ids": torch.randint(0, VOCAB, (g * n, length), device=device),
+        "ids": torch.randint(pad + 1, VOCAB, (g * n, length), device=device),  # no <pad>
         "word": _randn(VOCAB, d, device=device, dtype=dt),
-        "position": _randn(length + 2, d, device=device, dtype=dt),
+        "position": _randn(length + pad + 1, d, device=device, dtype=dt),
         "token_type": _randn(1, d, device=device, dtype=dt),
         "ln_weight": _randn(d, device=device, dtype=dt),
         "ln_bias": _randn(d, device=device, dtype=dt),
         "vectors": transforms.gaussian_vectors(n, d, generator=0, device=device, dtype=dt),
     }
+    positions = torch.arange(pad + 1, pad + 1 + length, device=device)  # RoBERTa's
 
     def call(x, backend):
         return ops.embed_mux(
             x["ids"], x["word"], x["position"], x["token_type"], x["ln_weight"],
-            x["ln_bias"], x["vectors"], backend=backend,
+            x["ln_bias"], x["vectors"], position_ids=positions, mixed_position_ids=positions,
+            backend=backend,
+        )  # fmt: skip
+
+    def publish(x):
+        return published.embed_mux(
+            x["ids"], x["word"], x["position"], x["token_type"], x["ln_weight"],
+            x["ln_bias"], x["vectors"], 1e-5,
         )  # fmt: skip
 
     rows = (n + 1) * g * length * d * x["word"].element_size()  # N rows gathered, one written
     return Workload(
         "embed_mux", n, f"B'={g} L={length} d={d} V={VOCAB}", x,
         ("word", "position", "token_type", "ln_weight", "ln_bias"),
-        _kernel_impls(call, EMBED_BACKENDS),
+        {**_kernel_impls(call, EMBED_BACKENDS), "published": publish},
         bytes={"fwd": rows, "bwd": 2 * rows, "fwd+bwd": 3 * rows},
     )  # fmt: skip
 
@@ -192,11 +207,19 @@ def _index_demux(op: str, n: int, s: Sizes, device: torch.device) -> Workload:
     w.bytes["fwd+bwd"] = w.bytes["fwd"] + w.bytes["bwd"]
     w.flops = {"fwd": gemm_flops, "bwd": 2 * gemm_flops, "fwd+bwd": 3 * gemm_flops}
     w.gemm = (c_rows, d, d)
-    concat = {"index_demux": published.index_demux_token,
-              "index_demux_sequence": published.index_demux_sequence}.get(op)  # fmt: skip
-    if concat is not None:
-        w.impls["concat"] = lambda x: concat(x["hidden"], *(x[p] for p in params), n, 1e-5)
+    w.impls["published"] = lambda x: _published_index_demux(op, x, n)
     return w
+
+
+def _published_index_demux(op: str, x: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    demux = [x[p] for p in ("hidden", "weight", "bias", "ln_weight", "ln_bias")]
+    if op == "index_demux_logits":
+        return published.index_demux_logits(*demux, x["proj_weight"], x["proj_bias"], n, 1e-5)
+    if op == "index_demux_selected":
+        return published.index_demux_selected(*demux, n, 1e-5, x["index"])
+    if op == "index_demux_sequence":
+        return published.index_demux_sequence(*demux, n, 1e-5)
+    return published.index_demux_token(*demux, n, 1e-5)
 
 
 def _index_pos_demux(n: int, s: Sizes, device: torch.device) -> Workload:
@@ -211,13 +234,16 @@ def _index_pos_demux(n: int, s: Sizes, device: torch.device) -> Workload:
     def call(x, backend):
         return ops.index_pos_demux(x["hidden"], *(x[p] for p in params), backend=backend)
 
+    def publish(x):
+        return published.index_pos_demux(x["hidden"], *(x[p] for p in params), 1e-5)
+
     es = x["hidden"].element_size()
     out, inp = n * g * length * d * es, g * length * d * es
     gemm_flops = 2.0 * (n + g * length) * d * d
     return Workload(
         "index_pos_demux", n, f"B'={g} L={length} d={d}", x, ("hidden", *params),
-        _kernel_impls(call, DEMUX_BACKENDS), bytes={"fwd": out + inp, "bwd": out + 2 * inp,
-                                    "fwd+bwd": 2 * out + 3 * inp},
+        {**_kernel_impls(call, DEMUX_BACKENDS), "published": publish},
+        bytes={"fwd": out + inp, "bwd": out + 2 * inp, "fwd+bwd": 2 * out + 3 * inp},
         flops={"fwd": gemm_flops, "bwd": 2 * gemm_flops, "fwd+bwd": 3 * gemm_flops},
         gemm=(g * length, d, d),
     )  # fmt: skip
@@ -237,12 +263,15 @@ def _mlp_demux(n: int, s: Sizes, device: torch.device) -> Workload:
     def call(x, backend):
         return ops.mlp_demux(x["hidden"], *(x[p] for p in params), backend=backend)
 
+    def publish(x):
+        return published.mlp_demux(x["hidden"], *(x[p] for p in params), 1e-5)
+
     es = x["hidden"].element_size()
     out = n * g * length * d * es
     gemm_flops = 2.0 * g * length * n * d * d
     return Workload(
         "mlp_demux", n, f"B'={g} L={length} d={d}", x, ("hidden", *params),
-        _kernel_impls(call, MLP_BACKENDS),
+        {**_kernel_impls(call, MLP_BACKENDS), "published": publish},
         bytes={"fwd": out, "bwd": 2 * out, "fwd+bwd": 3 * out},
         flops={"fwd": gemm_flops, "bwd": 2 * gemm_flops, "fwd+bwd": 3 * gemm_flops},
         gemm=(g * length, d, n * d),

@@ -6,14 +6,12 @@ import torch
 
 from .._checks import (
     check_dim,
-    check_floating,
+    check_float_tensor,
     check_index,
-    check_nonempty,
     check_num_instances,
+    check_param,
     check_param_dtype,
-    check_rank,
     check_same_device,
-    check_shape,
     check_tensor,
     group_batch,
 )
@@ -26,15 +24,14 @@ def mux_input(embeddings: torch.Tensor, num_instances: int, hidden_size: int) ->
     Accepts the caller's batch (B, L, d), B = B'·N, row g·N+i being instance i of group g,
     or the grouped (B', N, L, d).
     """
-    check_tensor("embeddings", embeddings)
-    check_floating("embeddings", embeddings)
-    check_rank("embeddings", embeddings, (3, 4), "(B, L, d) or (B', N, L, d)")
-    check_nonempty("embeddings", embeddings)
+    shape = check_float_tensor("embeddings", embeddings, (3, 4), "(B, L, d) or (B', N, L, d)")
     check_num_instances(num_instances)
-    check_dim("embeddings", embeddings, -1, hidden_size, "the transform's hidden size d")
-    if embeddings.dim() == 3:
+    if shape[-1] != hidden_size:
+        check_dim("embeddings", embeddings, -1, hidden_size, "the transform's hidden size d")
+    if len(shape) == 3:
         return group_batch("embeddings", embeddings, num_instances)
-    check_dim("embeddings", embeddings, 1, num_instances, "the number of instances N")
+    if shape[1] != num_instances:
+        check_dim("embeddings", embeddings, 1, num_instances, "the number of instances N")
     return embeddings
 
 
@@ -48,20 +45,17 @@ def transform(
 ) -> None:
     """A transform tensor: a float tensor of the given rank on the data's device."""
     check_tensor(data_name, data)
-    check_tensor(name, t)
-    check_rank(name, t, rank, layout)
-    check_nonempty(name, t)
-    check_param_dtype(name, t, data_name, data)
-    check_same_device(data_name, data, **{name: t})
+    check_float_tensor(name, t, rank, layout)
+    if t.dtype != data.dtype:
+        check_param_dtype(name, t, data_name, data)
+    if t.device != data.device:
+        check_same_device(data_name, data, **{name: t})
 
 
 def demux_hidden(hidden: torch.Tensor, min_length: int, what: str) -> None:
     """The encoder output h: a non-empty float (B', L', d) tensor with L' >= min_length."""
-    check_tensor("hidden", hidden)
-    check_floating("hidden", hidden)
-    check_rank("hidden", hidden, 3, "(B', L', d)")
-    check_nonempty("hidden", hidden)
-    if hidden.shape[1] < min_length:
+    shape = check_float_tensor("hidden", hidden, 3, "(B', L', d)")
+    if shape[1] < min_length:
         raise ValueError(
             f"hidden has length {hidden.shape[1]} (shape {tuple(hidden.shape)}) but {what} "
             f"needs at least {min_length} positions"
@@ -71,10 +65,7 @@ def demux_hidden(hidden: torch.Tensor, min_length: int, what: str) -> None:
 def demux_params(hidden: torch.Tensor, shapes: dict[str, tuple[torch.Tensor, tuple[int, ...]]]):
     """Each named parameter has its expected shape, a usable dtype and hidden's device."""
     for name, (t, shape) in shapes.items():
-        check_tensor(name, t)
-        check_shape(name, t, shape, f"d={hidden.shape[-1]}")
-        check_param_dtype(name, t, "hidden", hidden)
-        check_same_device("hidden", hidden, **{name: t})
+        check_param(name, t, shape, f"d={hidden.shape[-1]}", "hidden", hidden)
 
 
 def concat_linear_params(
@@ -112,5 +103,7 @@ def gather_args(gather: str, index: torch.Tensor | None, hidden: torch.Tensor, n
 
 def eps_arg(eps: float) -> None:
     """LayerNorm eps is a positive float."""
-    if isinstance(eps, bool) or not (isinstance(eps, float | int) and eps > 0):
+    if type(eps) is float and eps > 0:
+        return
+    if isinstance(eps, bool) or not (isinstance(eps, (float, int)) and eps > 0):
         raise ValueError(f"eps must be a positive float, got {eps!r}")

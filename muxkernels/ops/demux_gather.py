@@ -17,12 +17,12 @@ import torch
 from .. import _opdefs
 from ..reference._common import compute_dtype
 
-KERNEL_BACKENDS = ("cuda", "triton")
+KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 KERNELS = ("demux_gather_fwd", "demux_gather_bwd")
 PROJECT_KERNEL = "demux_project_fwd"
 # auto's order for a demux with a fusable projection: the backend with the fused kernel
 # first, since never writing u saves more than any demux kernel alone can
-PROJECT_BACKENDS = ("triton", "cuda")
+PROJECT_BACKENDS = ("triton", "cuda", "cpu")
 
 
 def _gather_args(ctx) -> tuple:

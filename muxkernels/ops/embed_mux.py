@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend, _opdefs, reference
+from .. import _backend, _cpu, _opdefs, reference
 from .._checks import (
-    check_floating,
+    check_float_tensor,
     check_integer,
     check_nonempty,
+    check_param,
     check_rank,
     check_same_device,
     check_shape,
@@ -26,7 +27,7 @@ from .._checks import (
 from ..reference._common import compute_dtype
 from . import _validate
 
-KERNEL_BACKENDS = ("cuda",)
+KERNEL_BACKENDS = ("cuda", "cpu")
 KERNELS = ("embed_mux_fwd",)
 
 
@@ -116,26 +117,28 @@ def _ids(
     ids: torch.Tensor | None,
     shape: tuple[int, ...],
     input_ids: torch.Tensor,
-) -> torch.Tensor:
-    """An id tensor broadcast to ``shape`` (None → zeros); its values are checked by the
-    caller, all at once (``check_values_below``)."""
+) -> torch.Tensor | None:
+    """None, an (L,) vector shared by every row (kept so), or ids of ``shape`` (grouped when
+    given as the caller's batch), as int64; the values are checked by the caller, all at
+    once (``check_values_below``)."""
     if ids is None:
-        return torch.zeros(shape, dtype=torch.long, device=input_ids.device)
+        return None
     check_tensor(name, ids)
     check_integer(name, ids)
     if ids is not input_ids:
         check_same_device("input_ids", input_ids, **{name: ids})
     if ids.dim() == 1:
         check_shape(name, ids, shape[-1:], "one id per position")
-        ids = ids.expand(shape)
-    elif len(shape) == 3 and ids.dim() == 2 and ids.shape[0] == shape[0] * shape[1]:
+        return ids.long()
+    if len(shape) == 3 and ids.dim() == 2 and ids.shape[0] == shape[0] * shape[1]:
         ids = group_batch(name, ids, shape[1])
     check_shape(name, ids, shape, "the shape of the ids it goes with, or (L,)")
     return ids.long()
 
 
-def _or(ids: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
-    return default if ids is None else ids
+def _full(ids: torch.Tensor | None, default: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``ids`` (or ``default`` for None) expanded to ``shape``."""
+    return (default if ids is None else ids).expand(shape)
 
 
 def embed_mux(
@@ -167,7 +170,7 @@ def embed_mux(
         token_type_ids: like position_ids; default 0.
         mixed_position_ids, mixed_token_type_ids: (B', L) or (L,) for the second pass;
             defaults 0…L-1 and 0.
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         x of shape (B', L, d) in the tables' dtype.
@@ -182,11 +185,9 @@ def embed_mux(
         "token_type_embeddings": token_type_embeddings,
     }
     for name, table in tables.items():
-        check_tensor(name, table)
-        check_rank(name, table, 2, "(vocabulary, d)")
-        check_nonempty(name, table)
-        check_floating(name, table)
-        check_same_device("input_ids", input_ids, **{name: table})
+        check_float_tensor(name, table, 2, "(vocabulary, d)")
+        if table.device != input_ids.device:
+            check_same_device("input_ids", input_ids, **{name: table})
         if table.dtype != word_embeddings.dtype or table.shape[1] != word_embeddings.shape[1]:
             raise ValueError(
                 f"{name} has dtype {table.dtype} and shape {tuple(table.shape)}, but "
@@ -194,9 +195,8 @@ def embed_mux(
                 "; the tables of one embedding module share d and dtype"
             )
     d = word_embeddings.shape[1]
-    _validate.demux_params(
-        word_embeddings, {"ln_weight": (ln_weight, (d,)), "ln_bias": (ln_bias, (d,))}
-    )
+    for name, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
+        check_param(name, t, (d,), f"d={d}", "word_embeddings", word_embeddings)
     _validate.transform("vectors", vectors, word_embeddings, 2, "(N, d)", "word_embeddings")
     n = vectors.shape[0]  # >= 1: vectors is non-empty
     if vectors.shape[1] != d:
@@ -216,11 +216,10 @@ def embed_mux(
         if value is None and length > n_pos:
             raise ValueError(f"{name} defaults to 0…{length - 1} (L={length}) but "
                              f"position_embeddings has {n_pos} rows; pass {name}")  # fmt: skip
-    default_pos = torch.arange(length, device=input_ids.device)
     ids = _ids("input_ids", input_ids, grouped, input_ids)
-    pos = _ids("position_ids", _or(position_ids, default_pos), grouped, input_ids)
+    pos = _ids("position_ids", position_ids, grouped, input_ids)
     typ = _ids("token_type_ids", token_type_ids, grouped, input_ids)
-    mpos = _ids("mixed_position_ids", _or(mixed_position_ids, default_pos), mixed, input_ids)
+    mpos = _ids("mixed_position_ids", mixed_position_ids, mixed, input_ids)
     mtyp = _ids("mixed_token_type_ids", mixed_token_type_ids, mixed, input_ids)
     given = (  # (name, ids as passed, rows of their table, the table's name)
         ("input_ids", input_ids, n_word, "word_embeddings"),
@@ -236,6 +235,12 @@ def embed_mux(
     )
     chosen = _backend.resolve("embed_mux", backend, input_ids.device, KERNEL_BACKENDS, KERNELS)
     params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
+    if chosen == "cpu":
+        return _cpu.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
+    positions = torch.arange(length, device=input_ids.device)
+    zeros = torch.zeros(length, dtype=torch.long, device=input_ids.device)
+    pos, typ = _full(pos, positions, grouped), _full(typ, zeros, grouped)
+    mpos, mtyp = _full(mpos, positions, mixed), _full(mtyp, zeros, mixed)
     if chosen == "reference":
         return reference.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
     # torch.compile cannot trace an autograd.Function given one tensor twice (tied tables,

@@ -1,17 +1,17 @@
 """Hadamard multiplex: x[g,t,:] = (1/N) · Σ_i v[i,:] ⊙ E[g,i,t,:] (SPEC section 1).
 
-Backends: ``reference`` (plain PyTorch autograd), ``cuda`` and ``triton`` (the operators
-``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`).
+Backends: ``reference`` and ``cpu`` (plain PyTorch autograd), ``cuda`` and ``triton`` (the
+operators ``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, _opdefs, reference
+from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
 
-KERNEL_BACKENDS = ("cuda", "triton")
+KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 KERNELS = ("hadamard_mux_fwd", "hadamard_mux_bwd")
 
 
@@ -50,7 +50,7 @@ def hadamard_mux(
             or grouped (B', N, L, d).
         vectors: (N, d) transform vectors (``gaussian_vectors``, ``binary_vectors`` or
             learned), in the embeddings' dtype or float32.
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         x of shape (B', L, d) in the embeddings' dtype (fp32 accumulation).
@@ -60,4 +60,6 @@ def hadamard_mux(
     chosen = _backend.resolve("hadamard_mux", backend, grouped.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.hadamard_mux(grouped, vectors)
+    if chosen == "cpu":
+        return _cpu.hadamard_mux(grouped, vectors)
     return HadamardMux.apply(grouped, vectors, chosen)

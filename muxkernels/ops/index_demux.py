@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _backend, _opdefs, reference
+from .. import _backend, _cpu, _opdefs, reference
 from .._checks import check_nonempty, check_num_instances, check_rank, check_tensor
 from ..reference import Gather
 from ..reference._common import compute_dtype
@@ -79,7 +79,7 @@ def index_demux(
         num_instances: N.
         gather: "token", "sequence" or "selected".
         index: (B', L') integer instance ids in [0, N), with gather="selected" only.
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         u in the hidden dtype: (B', N, L', d), (B', N, d) or (B', L', d) by ``gather``.
@@ -90,6 +90,10 @@ def index_demux(
     if chosen == "reference":
         return reference.index_demux(
             hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+        )
+    if chosen == "cpu":
+        return _cpu.index_demux(
+            hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, _long(index)
         )
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
     return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, _long(index), position, chosen)
@@ -143,6 +147,10 @@ def index_demux_logits(
         ct = compute_dtype(u, proj_weight)
         bias_ct = None if proj_bias is None else proj_bias.to(ct)
         return F.linear(u.to(ct), proj_weight.to(ct), bias_ct).to(hidden.dtype)
+    if chosen == "cpu":
+        project = (proj_weight, proj_bias)
+        args = (hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather)
+        return _cpu.index_demux(*args, _long(index), project)
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
     index = _long(index)
     if fusable and _opdefs.has_operator(PROJECT_KERNEL, chosen):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _backend, reference
+from .. import _backend, _cpu, reference
 from ..reference import Gather
 from . import _validate
 from .demux_gather import KERNEL_BACKENDS, KERNELS, DemuxGather
@@ -38,7 +38,7 @@ def index_pos_demux(
         ln_weight, ln_bias: (d,) LayerNorm affine parameters; eps: LayerNorm eps.
         gather: "token" (B', N, L, d), "sequence" at t = 0 (B', N, d), or "selected"
             with ``index`` (B', L) → (B', L, d).
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
     _validate.demux_hidden(hidden, 1, "index_pos demux")
     d = hidden.shape[-1]
@@ -51,6 +51,11 @@ def index_pos_demux(
     chosen = _backend.resolve("index_pos_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.index_pos_demux(
+            hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
+        )
+    if chosen == "cpu":
+        index = None if index is None else index.long()
+        return _cpu.index_pos_demux(
             hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
         )
     w = weight.to(hidden.dtype)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _backend, _opdefs, reference
+from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
 
-KERNEL_BACKENDS = ("triton",)
+KERNEL_BACKENDS = ("triton", "cpu")
 KERNELS = ("mlp_demux_fwd", "mlp_demux_bwd")
 
 
@@ -62,7 +62,7 @@ def mlp_demux(
         hidden: (B', L, d) encoder output.
         weight: (N, d, d) stacked ``dense_{i}.weight``; bias: (N, d) stacked ``dense_{i}.bias``.
         ln_weight, ln_bias: (N, d) stacked ``layer_norm_{i}`` parameters; eps: LayerNorm eps.
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         u of shape (B', N, L, d) in the hidden dtype.
@@ -84,5 +84,7 @@ def mlp_demux(
     chosen = _backend.resolve("mlp_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
+    if chosen == "cpu":
+        return _cpu.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
     pre = F.linear(hidden, weight.to(hidden.dtype).reshape(n * d, d))
     return MLPDemux.apply(pre, bias, ln_weight, ln_bias, eps, chosen)

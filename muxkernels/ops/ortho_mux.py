@@ -2,17 +2,18 @@
 
 ortho:          x[g,t,:] = N^(-1/2) · Σ_i P[i] @ E[g,i,t,:]
 ortho_lowrank:  P[i] = U[:, S_i] @ H[:, S_i]ᵀ, computed as N^(-1/2) · U · concat_i(H[:, S_i]ᵀ E_i)
-Backends: ``reference`` and ``triton`` (GEMM kernels that read E in place, no permute copy).
+Backends: ``reference``, ``cpu`` (ATen GEMMs) and ``triton`` (GEMM kernels that read E in
+place, no permute copy).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import _backend, _opdefs, reference
+from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
 
-KERNEL_BACKENDS = ("triton",)
+KERNEL_BACKENDS = ("triton", "cpu")
 ORTHO_KERNELS = ("ortho_mux_fwd", "ortho_mux_bwd")
 LOWRANK_KERNELS = ("lowrank_ortho_mux_fwd", "lowrank_ortho_mux_bwd")
 
@@ -78,7 +79,7 @@ def ortho_mux(
     Args:
         embeddings: (B, L, d) with B = B'·N, or grouped (B', N, L, d).
         matrices: (N, d, d), e.g. ``ortho_matrices`` (Haar-random orthogonal).
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         x of shape (B', L, d) in the embeddings' dtype.
@@ -91,6 +92,8 @@ def ortho_mux(
     chosen = _backend.resolve("ortho_mux", backend, grouped.device, KERNEL_BACKENDS, ORTHO_KERNELS)
     if chosen == "reference":
         return reference.ortho_mux(grouped, matrices)
+    if chosen == "cpu":
+        return _cpu.ortho_mux(grouped, matrices)
     return OrthoMux.apply(grouped, matrices, chosen)
 
 
@@ -109,7 +112,7 @@ def lowrank_ortho_mux(
         u, h: (d, d) orthogonal factors (``lowrank_factors``); block S_i of d // N columns
             belongs to instance i.
         num_instances: N; required for (B, L, d) input, checked against grouped input.
-        backend: "auto", "reference", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
         x of shape (B', L, d) in the embeddings' dtype.
@@ -135,4 +138,6 @@ def lowrank_ortho_mux(
     )
     if chosen == "reference":
         return reference.lowrank_ortho_mux(grouped, u, h)
+    if chosen == "cpu":
+        return _cpu.lowrank_ortho_mux(grouped, u, h)
     return LowRankOrthoMux.apply(grouped, u, h, chosen)

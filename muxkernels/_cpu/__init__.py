@@ -1,0 +1,32 @@
+"""The ``cpu`` backend: every op in plain PyTorch, arranged for speed on CPU tensors.
+
+The reference (``muxkernels.reference``) is written for reading and stays the oracle; this
+backend computes the same formulas (docs/design.md) the way a CPU runs them fastest, and is
+tested against the reference like the kernel backends:
+
+- float32 and float64 data are computed in their own dtype (no copies); float16 and
+  bfloat16 data in float32, as every backend accumulates;
+- each gather of a table is one ``F.embedding`` call, and ids that are the same for every
+  row (positions, token types) are looked up once and broadcast;
+- tensors of B'·N·L·d elements are built a few groups at a time (``group_chunks``), so the
+  chain of elementwise steps that follows runs in cache instead of main memory;
+- the demultiplexers use the split form of SPEC section 3 (two d×d GEMMs, never the 2d
+  concatenation), and the MLP branches one stacked GEMM.
+
+There are no ``muxkernels::`` operators here: on the CPU, ATen's ops are the kernels, so
+autograd differentiates these functions and torch.compile traces them as they are.
+"""
+
+from .demultiplex import demux_gather, index_demux, index_pos_demux, mlp_demux
+from .multiplex import embed_mux, hadamard_mux, lowrank_ortho_mux, ortho_mux
+
+__all__ = [
+    "demux_gather",
+    "embed_mux",
+    "hadamard_mux",
+    "index_demux",
+    "index_pos_demux",
+    "lowrank_ortho_mux",
+    "mlp_demux",
+    "ortho_mux",
+]
