@@ -1,5 +1,5 @@
-"""pytest-benchmark timings of what runs on a CPU: every op's eager reference and the
-published concat form (demux) in each mode at small sizes, and one inference pass of the
+"""pytest-benchmark timings of what runs on a CPU: every op's eager reference, cpu backend
+and published layers' form in each mode at small sizes, and one inference pass of the
 small multiplexed encoder, published layers against ours.
 
 Not part of the default test run (pyproject's testpaths is tests/):
@@ -24,18 +24,12 @@ SMALL = Sizes(groups=2, length=16, d=64, dtype=torch.float32)
 N = 5
 
 
+@pytest.mark.parametrize("impl", ["eager", "cpu", "published"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("op", OPS)
-def test_reference(benchmark, op, mode):
+def test_op(benchmark, op, mode, impl):
     benchmark.group = f"{op} {mode}"
-    benchmark(timed_call(build(op, N, SMALL, CPU), "eager", mode))
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("op", ["index_demux", "index_demux_sequence"])
-def test_published_concat(benchmark, op, mode):
-    benchmark.group = f"{op} {mode}"
-    benchmark(timed_call(build(op, N, SMALL, CPU), "concat", mode))
+    benchmark(timed_call(build(op, N, SMALL, CPU), impl, mode))
 
 
 @pytest.fixture(scope="module")
