@@ -6,6 +6,8 @@ fixed up silently (in particular a batch that is not a multiple of N is never tr
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Iterable
 
 import torch
@@ -128,10 +130,86 @@ def check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...], what: str
         raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {_shape(t)}")
 
 
-def check_num_instances(num_instances: int) -> None:
-    """N must be a positive int."""
-    if isinstance(num_instances, bool) or not isinstance(num_instances, int) or num_instances < 1:
-        raise ValueError(f"num_instances must be a positive int, got {num_instances!r}")
+def _bounds(low: float | None, high: float | None) -> str:
+    if high is None:
+        return f">= {low}"
+    if low is None:
+        return f"<= {high}"
+    return f"in [{low}, {high}]"
+
+
+def as_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in [low, high] (a bound of None is open).
+
+    Integer-like values are accepted: int, numpy integers, anything with ``__index__``, and
+    0-d integer tensors. bool, floats (even 2.0: a float id or count is a caller's bug, never
+    truncated) and other types are a ``ValueError`` naming ``name`` and the range.
+    """
+    number = value
+    if isinstance(value, torch.Tensor):
+        integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        number = value.item() if value.dim() == 0 and integer else None
+    elif isinstance(value, bool) or type(value).__name__ == "bool_":
+        number = None
+    elif not isinstance(value, int):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = None
+    if number is None or (low is not None and number < low) or (high is not None and number > high):
+        raise ValueError(f"{name} must be an integer {_bounds(low, high)}, got {value!r}")
+    return int(number)
+
+
+def as_number(
+    name: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+) -> float:
+    """``value`` as a finite float in [low, high] (``above=True``: strictly above ``low``).
+
+    Real numbers are accepted: int, float, numpy numbers and 0-d real tensors; bool, NaN,
+    infinities and other types are a ``ValueError`` naming ``name`` and the range.
+    """
+    number = value
+    if isinstance(value, torch.Tensor):
+        real = value.dim() == 0 and not (value.is_complex() or value.dtype == torch.bool)
+        number = value.item() if real else None
+    elif isinstance(value, bool) or type(value).__name__ == "bool_":
+        number = None
+    elif not isinstance(value, int | float):
+        try:
+            number = float(value) if hasattr(value, "__float__") else None
+        except (TypeError, ValueError):
+            number = None
+    ok = number is not None and math.isfinite(number)
+    ok = ok and (low is None or (number > low if above else number >= low))
+    ok = ok and (high is None or number <= high)
+    if not ok:
+        where = f"> {low}" if above and high is None else _bounds(low, high)
+        if above and high is not None:
+            where = f"in ({low}, {high}]"
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return float(number)
+
+
+def layer_sizes(
+    num_instances: object, hidden_size: object, layer_norm_eps: object = 1e-5
+) -> tuple[int, int, float]:
+    """A layer's N (>= 1), d (>= 1) and LayerNorm eps (> 0), as int, int, float."""
+    return (
+        check_num_instances(num_instances),
+        as_int("hidden_size", hidden_size, 1),
+        as_number("layer_norm_eps", layer_norm_eps, 0.0, above=True),
+    )
+
+
+def check_num_instances(num_instances: object) -> int:
+    """N: an integer >= 1 (numpy integers and 0-d integer tensors too); returns it as int."""
+    return as_int("num_instances", num_instances, 1)
 
 
 def group_batch(name: str, t: torch.Tensor, num_instances: int) -> torch.Tensor:
@@ -200,14 +278,11 @@ def check_choice(name: str, value: object, allowed: Iterable[object]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def check_int_at_least(name: str, value: object, low: int) -> None:
-    """``value`` must be an int (not a bool) >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+def check_int_at_least(name: str, value: object, low: int) -> int:
+    """``value`` must be an integer >= ``low`` (see ``as_int``); returns it as int."""
+    return as_int(name, value, low)
 
 
-def check_number_in(name: str, value: object, low: float, high: float) -> None:
-    """``value`` must be a real number (not a bool) in [low, high]."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not low <= value <= high:
-        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+def check_number_in(name: str, value: object, low: float, high: float) -> float:
+    """``value`` must be a finite real number in [low, high] (see ``as_number``)."""
+    return as_number(name, value, low, high)

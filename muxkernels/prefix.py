@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from ._checks import (
+    as_int,
     check_nonempty,
     check_num_instances,
     check_rank,
@@ -26,12 +27,33 @@ ROBERTA_CLS_ID = 49923
 
 def roberta_index_ids(vocab_size: int, num_instances: int) -> list[int]:
     """The published RoBERTa index tokens: idx(i) = V − (i + 2) for vocabulary size V."""
-    check_num_instances(num_instances)
+    num_instances = check_num_instances(num_instances)
+    vocab_size = as_int("vocab_size", vocab_size, 1)
     if vocab_size < num_instances + 2:
         raise ValueError(
             f"vocab_size={vocab_size} is too small for {num_instances} index tokens V − (i + 2)"
         )
     return [vocab_size - (i + 2) for i in range(num_instances)]
+
+
+def index_id_list(index_ids: object, num_instances: int) -> list[int]:
+    """``index_ids`` (a sequence of N integer ids >= 0, or an integer tensor of shape (N,))
+    as a list of ints; anything else is a ``ValueError`` naming ``index_ids``."""
+    if isinstance(index_ids, torch.Tensor):
+        if index_ids.is_floating_point() or index_ids.is_complex() or index_ids.dtype == torch.bool:
+            raise ValueError(f"index_ids must hold integer ids, got a {index_ids.dtype} tensor")
+        index_ids = index_ids.tolist()
+    try:
+        index_ids = list(index_ids)
+    except TypeError:
+        raise ValueError(
+            f"index_ids must be a sequence of {num_instances} ids, got {index_ids!r}"
+        ) from None
+    if len(index_ids) != num_instances:
+        raise ValueError(
+            f"index_ids must hold num_instances={num_instances} ids, got {len(index_ids)}"
+        )
+    return [as_int(f"index_ids[{i}]", v, 0) for i, v in enumerate(index_ids)]
 
 
 def index_prefix(
@@ -43,13 +65,15 @@ def index_prefix(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.long,
 ) -> torch.Tensor:
-    """The (N, N+1) prefix block: row i is [filler…, idx(i) at i, …filler, cls]."""
-    check_num_instances(num_instances)
-    ids = torch.as_tensor(index_ids, dtype=dtype, device=device)
-    if ids.shape != (num_instances,):
-        raise ValueError(
-            f"index_ids must hold num_instances={num_instances} ids, got shape {tuple(ids.shape)}"
-        )
+    """The (N, N+1) prefix block: row i is [filler…, idx(i) at i, …filler, cls].
+
+    Every id is an integer >= 0 (numpy integers and 0-d integer tensors too; a float id is
+    an error, never truncated); ``index_ids`` holds N of them (a sequence or an integer
+    tensor)."""
+    num_instances = check_num_instances(num_instances)
+    filler_id = as_int("filler_id", filler_id, 0)
+    cls_id = as_int("cls_id", cls_id, 0)
+    ids = torch.tensor(index_id_list(index_ids, num_instances), dtype=dtype, device=device)
     prefix = torch.full((num_instances, num_instances + 1), filler_id, dtype=dtype, device=device)
     diag = torch.arange(num_instances, device=device)
     prefix[diag, diag] = ids
@@ -75,7 +99,7 @@ def add_index_prefix(
     check_nonempty("input_ids", input_ids)
     if input_ids.is_floating_point() or input_ids.is_complex():
         raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-    check_num_instances(num_instances)
+    num_instances = check_num_instances(num_instances)
     batch = input_ids.shape[0]
     if batch % num_instances != 0:
         raise ValueError(
@@ -108,7 +132,7 @@ def pad_batch(batch: torch.Tensor, num_instances: int) -> tuple[torch.Tensor, in
     Returns (padded batch, original B). Drop the padded outputs with ``outputs[:B]``.
     """
     check_tensor("batch", batch)
-    check_num_instances(num_instances)
+    num_instances = check_num_instances(num_instances)
     if batch.dim() == 0 or batch.shape[0] == 0:
         raise ValueError(f"batch must have at least one row, got shape {tuple(batch.shape)}")
     rows = batch.shape[0]

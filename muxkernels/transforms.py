@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_num_instances
+from ._checks import as_int, check_num_instances
 
 GeneratorLike = torch.Generator | int | None
 
@@ -22,10 +22,9 @@ def _cpu_generator(generator: GeneratorLike) -> torch.Generator | None:
     return torch.Generator().manual_seed(int(generator))
 
 
-def _check_sizes(num_instances: int, hidden_size: int) -> None:
-    check_num_instances(num_instances)
-    if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-        raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+def _check_sizes(num_instances: object, hidden_size: object) -> tuple[int, int]:
+    """N and d as ints (integer-like values accepted), each >= 1."""
+    return check_num_instances(num_instances), as_int("hidden_size", hidden_size, 1)
 
 
 def gaussian_vectors(
@@ -41,7 +40,7 @@ def gaussian_vectors(
 
     norm = 1 by default; DataMUX's released models used 20 (retrieval warm-up).
     """
-    _check_sizes(num_instances, hidden_size)
+    num_instances, hidden_size = _check_sizes(num_instances, hidden_size)
     z = torch.randn(
         num_instances, hidden_size, generator=_cpu_generator(generator), dtype=torch.float64
     )
@@ -63,7 +62,7 @@ def binary_vectors(
     chunk i starts at floor(i·c − w) (for i > 0) and ends at floor((i+1)·c + w) (for i < N−1),
     the rounding of the published DataMUX code. Returns (N, d).
     """
-    _check_sizes(num_instances, hidden_size)
+    num_instances, hidden_size = _check_sizes(num_instances, hidden_size)
     if not 0.0 <= epsilon <= 1.0:
         raise ValueError(f"epsilon must lie in [0, 1], got {epsilon!r}")
     c = hidden_size // num_instances
@@ -94,7 +93,7 @@ def haar_orthogonal(
     QR of a Gaussian matrix with the signs of R's diagonal folded into Q, which makes the
     distribution exactly Haar (Mezzadri 2007).
     """
-    _check_sizes(count, size)
+    count, size = _check_sizes(count, size)
     g = torch.randn(count, size, size, generator=_cpu_generator(generator), dtype=torch.float64)
     q, r = torch.linalg.qr(g)
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
@@ -128,7 +127,7 @@ def lowrank_factors(
 
     P[i] = U[:, S_i] @ H[:, S_i]ᵀ with S_i the i-th block of d // N columns.
     """
-    _check_sizes(num_instances, hidden_size)
+    num_instances, hidden_size = _check_sizes(num_instances, hidden_size)
     if hidden_size < num_instances:
         raise ValueError(
             f"low-rank transforms need hidden_size >= num_instances (rank d // N >= 1), got "

@@ -310,7 +310,7 @@ def test_retrieve_checks_instance_index_shape():
         ({"task": "ner"}, "task must be one of"),
         ({"task": "sequence"}, "needs num_labels"),
         ({"cls_id": FILLER}, "distinct filler and cls"),
-        ({"index_ids": [1, 2]}, "need 3 index ids"),
+        ({"index_ids": [1, 2]}, "index_ids must hold num_instances=3 ids, got 2"),
         ({"filler_id": VOCAB}, r"must lie in \[0, vocab_size"),
     ],
 )

@@ -132,7 +132,7 @@ def bad_counts(run, **fixed):
             run,
             {"num_instances": n, **fixed},
             ValueError,
-            f"num_instances must be a positive int, got {n!r}",
+            f"num_instances must be an integer >= 1, got {n!r}",
         )
         for n in BAD_COUNTS
     ]
@@ -547,14 +547,14 @@ def demux_common(run, hidden_length: int, index_count: int, *bias_lead: int) -> 
             run,
             {"eps": 0.0},
             ValueError,
-            "eps must be a positive float, got 0.0",
+            "eps must be a finite number > 0.0, got 0.0",
         ),
         case(
             "eps-negative",
             run,
             {"eps": -1e-5},
             ValueError,
-            "eps must be a positive float, got -1e-05",
+            "eps must be a finite number > 0.0, got -1e-05",
         ),
     ]
     if index_count == 0:  # the MLP demux has no gathers
@@ -884,7 +884,7 @@ ADD_INDEX_PREFIX = [
         run_add_index_prefix,
         {"index_ids": [10, 11]},
         ValueError,
-        "index_ids must hold num_instances=3 ids, got shape (2,)",
+        "index_ids must hold num_instances=3 ids, got 2",
     ),
     case(
         "attention_mask-wrong-shape",

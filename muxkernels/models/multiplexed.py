@@ -30,19 +30,24 @@ from torch import nn
 from .. import nn as mnn
 from .._backend import Backend
 from .._checks import (
+    as_int,
+    as_number,
     check_choice,
+    check_index,
     check_int_at_least,
     check_integer,
     check_number_in,
     check_rank,
     check_shape,
     check_tensor,
+    check_values_below,
 )
 from ..nn.multiplexer import MUXING_VARIANTS
 from ..prefix import (
     ROBERTA_CLS_ID,
     ROBERTA_FILLER_ID,
     add_index_prefix,
+    index_id_list,
     pad_batch,
     roberta_index_ids,
 )
@@ -150,6 +155,7 @@ class MuxConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         n, v = self.num_instances, self.vocab_size
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
@@ -172,11 +178,11 @@ class MuxConfig:
         check_number_in("retrieval_percentage", self.retrieval_percentage, 0.0, 1.0)
         if self.index_ids is None:
             self.index_ids = roberta_index_ids(v, n)
-        self.index_ids = [int(i) for i in self.index_ids]
-        if self.cls_id is None:
-            self.cls_id = ROBERTA_CLS_ID
+        self.index_ids = index_id_list(self.index_ids, n)
+        self.cls_id = ROBERTA_CLS_ID if self.cls_id is None else as_int("cls_id", self.cls_id, 0)
         if self.filler_id is None:
             self.filler_id = ROBERTA_FILLER_ID
+        self.filler_id = as_int("filler_id", self.filler_id, 0)
         if self.cls_at_first is None:
             self.cls_at_first = self.demuxing_variant == "mlp"
         if self.special_positions is None:
@@ -185,6 +191,36 @@ class MuxConfig:
         if self.roberta_positions and self.pad_token_id is None:
             raise ValueError("roberta_positions=True needs a pad_token_id")
         self._check_special_ids()
+
+    def _check_numbers(self) -> None:
+        """Every count, size and rate: an error naming the field and its range, before any
+        module is built; integer-like values (numpy, 0-d tensors) are stored as int/float."""
+        for name in (
+            "vocab_size",
+            "num_instances",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            setattr(self, name, as_int(name, getattr(self, name), 1))
+        for name in ("position_offset", "num_labels", "seed"):
+            setattr(self, name, as_int(name, getattr(self, name), 0))
+        if self.pad_token_id is not None:
+            self.pad_token_id = as_int("pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)
+        for name in ("layer_norm_eps", "initializer_range", "gaussian_hadamard_norm"):
+            setattr(self, name, as_number(name, getattr(self, name), 0.0, above=True))
+        self.dropout = as_number("dropout", self.dropout, 0.0, 1.0)
+        self.binary_hadamard_epsilon = as_number(
+            "binary_hadamard_epsilon", self.binary_hadamard_epsilon, 0.0, 1.0
+        )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be a multiple of num_heads="
+                f"{self.num_heads} (each attention head gets hidden_size / num_heads features)"
+            )
 
     def _check_special_ids(self) -> None:
         n, v = self.num_instances, self.vocab_size
@@ -387,6 +423,7 @@ class MultiplexedModel(nn.Module):
         check_tensor("input_ids", input_ids)
         check_rank("input_ids", input_ids, 2, "(B, L)")
         check_integer("input_ids", input_ids)
+        self._check_ids(input_ids)
         n, batch = self.config.num_instances, input_ids.shape[0]
         if attention_mask is not None:
             check_shape("attention_mask", attention_mask, tuple(input_ids.shape), "as input_ids")
@@ -408,6 +445,33 @@ class MultiplexedModel(nn.Module):
         if attention_mask is not None:
             attention_mask, _ = pad_batch(attention_mask, n)
         return input_ids, attention_mask, batch
+
+    def _check_ids(self, input_ids: torch.Tensor) -> None:
+        """Ids on the model's device, in [0, vocab_size), and few enough positions for the
+        built-in position table (prefix included)."""
+        c = self.config
+        device = next(self.parameters()).device
+        if input_ids.device != device:
+            raise ValueError(
+                f"input_ids is on {input_ids.device} but the model's parameters are on "
+                f"{device}; move them to one device (model.to(...) or input_ids.to(...))"
+            )
+        if 0 in input_ids.shape:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
+        v = c.vocab_size
+        what = f"the vocabulary has vocab_size={v} ids, so ids must lie in [0, {v - 1}]"
+        check_values_below([("input_ids", input_ids, v, what)])
+        table = getattr(self.embeddings, "position_embeddings", None)
+        if isinstance(self.embeddings, Embeddings) and table is not None:
+            length = input_ids.shape[1] + self.prefix_length
+            last = self.embeddings.position_offset + length - 1
+            if last >= table.num_embeddings:
+                raise ValueError(
+                    f"input_ids has L={input_ids.shape[1]} tokens: with the prefix of "
+                    f"{self.prefix_length} the positions run to {last}, but the position "
+                    f"table has max_position_embeddings={table.num_embeddings} rows, so L must be "
+                    f"at most {table.num_embeddings - last + input_ids.shape[1] - 1}"
+                )
 
     def _front(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The index prefix (index demux), or ``cls_id`` at t = 0 (``cls_at_first``)."""
@@ -448,6 +512,12 @@ class MultiplexedModel(nn.Module):
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
         hidden = self.encoder(x, self._mixed_mask(mask))
+        if hidden.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"the encoder returned hidden states of width {hidden.shape[-1]} (shape "
+                f"{tuple(hidden.shape)}) but config.hidden_size is {self.config.hidden_size}; "
+                "give the config the encoder's hidden size"
+            )
         return Encoded(hidden, batch, fronted, attention_mask)
 
     def forward(
@@ -476,15 +546,15 @@ class MultiplexedModel(nn.Module):
 
         ``instance_index`` is (B', L) with values in [0, N), one row per (padded) group.
         """
+        c = self.config
+        check_tensor("input_ids", input_ids)
+        check_rank("input_ids", input_ids, 2, "(B, L)")
+        groups = -(-input_ids.shape[0] // c.num_instances) if c.pad else None
+        if groups is None:
+            groups = input_ids.shape[0] // c.num_instances
+        check_index("instance_index", instance_index, (groups, input_ids.shape[1]), c.num_instances)
         encoded = self.encode(input_ids, attention_mask)
-        groups, prefixed_length = encoded.hidden.shape[:2]
         start = self.prefix_length
-        check_shape(
-            "instance_index",
-            instance_index,
-            (groups, prefixed_length - start),
-            "one instance per group and position",
-        )
         index = F.pad(instance_index, (start, 0))  # prefix positions: any instance, dropped
         return self.retrieval_head(encoded.hidden, index)[:, start:]
 

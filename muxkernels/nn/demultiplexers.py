@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._backend import Backend
+from .._checks import layer_sizes
 from ..ops import index_demux, index_pos_demux, mlp_demux
 from ..reference import Gather
 
@@ -34,6 +35,9 @@ class IndexDemultiplexer(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
+        num_instances, hidden_size, layer_norm_eps = layer_sizes(
+            num_instances, hidden_size, layer_norm_eps
+        )
         self.num_instances = num_instances
         self.backend = backend
         self.dense = nn.Linear(2 * hidden_size, hidden_size)
@@ -73,6 +77,9 @@ class IndexPosDemultiplexer(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
+        num_instances, hidden_size, layer_norm_eps = layer_sizes(
+            num_instances, hidden_size, layer_norm_eps
+        )
         self.num_instances = num_instances
         self.backend = backend
         self.demux_instance_embedding = nn.Parameter(
@@ -125,8 +132,8 @@ class MLPDemultiplexer(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        n, d = num_instances, hidden_size
-        self.num_instances = num_instances
+        n, d, layer_norm_eps = layer_sizes(num_instances, hidden_size, layer_norm_eps)
+        self.num_instances = n
         self.backend = backend
         self.layer_norm_eps = layer_norm_eps
         self.weight = nn.Parameter(torch.empty(n, d, d))

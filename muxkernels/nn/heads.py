@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._backend import Backend
+from .._checks import as_int, check_tensor
 from ..ops import index_demux_logits
 from .demultiplexers import IndexDemultiplexer, MLPDemultiplexer
 
@@ -21,6 +22,16 @@ def _tied_decoder(head: nn.Module, hidden_size: int, out_features: int) -> None:
     head.decoder = nn.Linear(hidden_size, out_features)
     head.bias = nn.Parameter(torch.zeros(out_features))
     head.decoder.bias = head.bias
+
+
+def kept_rows(hidden: object, batch_size: object, num_instances: int) -> int | None:
+    """``batch_size`` checked before any work: None (keep all B'·N rows), or an integer in
+    [1, B'·N] (numpy integers and 0-d integer tensors too), as int."""
+    if batch_size is None:
+        return None
+    check_tensor("hidden", hidden)
+    rows = hidden.shape[0] * num_instances if hidden.dim() else 0
+    return as_int(f"batch_size (rows to keep of the B'·N={rows})", batch_size, 1, rows)
 
 
 def caller_rows(t: torch.Tensor, batch_size: int | None, start: int = 0) -> torch.Tensor:
@@ -49,11 +60,13 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        num_labels = as_int("num_labels", num_labels, 1)
         _tied_decoder(self, hidden_size, num_labels)
 
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         u = caller_rows(super().forward(hidden, "token"), batch_size)
         return self.decoder(u), u
 
@@ -61,6 +74,7 @@ class IndexDemuxTokenClassificationHead(IndexDemultiplexer):
         """The logits alone, (B'·N, L', C): with a kernel backend and at most 64 labels the
         decoder runs inside the demux kernel, so u is never written (inference, and less
         memory traffic in training)."""
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         logits = index_demux_logits(
             hidden,
             self.dense.weight,
@@ -94,12 +108,14 @@ class IndexDemuxSequenceClassificationHead(IndexDemultiplexer):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        num_labels = as_int("num_labels", num_labels, 1)
         self.dense_before_out_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, num_labels)
 
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         u = caller_rows(super().forward(hidden, "sequence"), batch_size)
         return self.out_proj(F.gelu(self.dense_before_out_proj(u))), u
 
@@ -121,6 +137,7 @@ class IndexDemuxRetrievalHead(IndexDemultiplexer):
         backend: Backend = "auto",
     ) -> None:
         super().__init__(num_instances, hidden_size, layer_norm_eps, backend=backend)
+        vocab_size = as_int("vocab_size", vocab_size, 1)
         _tied_decoder(self, hidden_size, vocab_size)
 
     def forward(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -130,6 +147,7 @@ class IndexDemuxRetrievalHead(IndexDemultiplexer):
         self, hidden: torch.Tensor, batch_size: int | None = None, start: int = 0
     ) -> torch.Tensor:
         """Logits of every instance at every position from ``start``: (B, L' − start, V)."""
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         u = caller_rows(super().forward(hidden, "token"), batch_size, start)
         return self.decoder(u)
 
@@ -148,9 +166,14 @@ class _MLPDemuxHead(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        self.num_instances = num_instances
+        num_labels = as_int("num_labels", num_labels, 1)
         self.demux_module = MLPDemultiplexer(
             num_instances, hidden_size, layer_norm_eps, backend=backend
+        )
+        self.num_instances = self.demux_module.num_instances
+        hidden_size, layer_norm_eps = (
+            self.demux_module.weight.shape[-1],
+            self.demux_module.layer_norm_eps,
         )
         self.dense_before_out_proj = nn.Linear(hidden_size, hidden_size)
         self.layernorm_presoftmax = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -170,6 +193,7 @@ class MLPDemuxSequenceClassificationHead(_MLPDemuxHead):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         u = caller_rows(self.demux_module(hidden[:, :1])[:, :, 0], batch_size)
         return self._project(u), u
 
@@ -183,6 +207,7 @@ class MLPDemuxTokenClassificationHead(_MLPDemuxHead):
     def forward(
         self, hidden: torch.Tensor, batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         u = caller_rows(self.demux_module(hidden), batch_size)
         return self._project(u), u
 
@@ -206,9 +231,14 @@ class MLPDemuxRetrievalHead(nn.Module):
         backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        self.num_instances = num_instances
+        vocab_size = as_int("vocab_size", vocab_size, 1)
         self.demux_module = MLPDemultiplexer(
             num_instances, hidden_size, layer_norm_eps, backend=backend
+        )
+        self.num_instances = self.demux_module.num_instances
+        hidden_size, layer_norm_eps = (
+            self.demux_module.weight.shape[-1],
+            self.demux_module.layer_norm_eps,
         )
         self.dense_pre_vocab = nn.Linear(hidden_size, hidden_size)
         self.layer_norm_pre_vocab = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -225,4 +255,5 @@ class MLPDemuxRetrievalHead(nn.Module):
     def every_instance(
         self, hidden: torch.Tensor, batch_size: int | None = None, start: int = 0
     ) -> torch.Tensor:
+        batch_size = kept_rows(hidden, batch_size, self.num_instances)
         return self._project(caller_rows(self.demux_module(hidden), batch_size, start))

@@ -9,6 +9,7 @@ from torch import nn
 
 from .. import transforms
 from .._backend import Backend
+from .._checks import as_number, layer_sizes
 from ..ops import hadamard_mux, lowrank_ortho_mux, ortho_mux
 from ..prefix import pad_batch
 from ..reference import lowrank_dense
@@ -63,6 +64,13 @@ class Multiplexer(nn.Module):
             raise ValueError(
                 f"muxing_variant must be one of {MUXING_VARIANTS}, got {muxing_variant!r}"
             )
+        num_instances, hidden_size, _ = layer_sizes(num_instances, hidden_size)
+        gaussian_hadamard_norm = as_number(
+            "gaussian_hadamard_norm", gaussian_hadamard_norm, 0.0, above=True
+        )
+        binary_hadamard_epsilon = as_number(
+            "binary_hadamard_epsilon", binary_hadamard_epsilon, 0, 1
+        )
         self.num_instances = num_instances
         self.hidden_size = hidden_size
         self.muxing_variant = muxing_variant

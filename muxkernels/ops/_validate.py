@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import (
+    as_number,
     check_dim,
     check_float_tensor,
     check_index,
@@ -25,7 +28,7 @@ def mux_input(embeddings: torch.Tensor, num_instances: int, hidden_size: int) ->
     or the grouped (B', N, L, d).
     """
     shape = check_float_tensor("embeddings", embeddings, (3, 4), "(B, L, d) or (B', N, L, d)")
-    check_num_instances(num_instances)
+    num_instances = check_num_instances(num_instances)
     if shape[-1] != hidden_size:
         check_dim("embeddings", embeddings, -1, hidden_size, "the transform's hidden size d")
     if len(shape) == 3:
@@ -101,9 +104,8 @@ def gather_args(gather: str, index: torch.Tensor | None, hidden: torch.Tensor, n
         raise ValueError(f'index is only used with gather="selected", got gather={gather!r}')
 
 
-def eps_arg(eps: float) -> None:
-    """LayerNorm eps is a positive float."""
-    if type(eps) is float and eps > 0:
-        return
-    if isinstance(eps, bool) or not (isinstance(eps, (float, int)) and eps > 0):
-        raise ValueError(f"eps must be a positive float, got {eps!r}")
+def eps_arg(eps: object) -> float:
+    """LayerNorm eps: a finite number > 0 (numpy floats and 0-d tensors too), as float."""
+    if type(eps) is float and 0 < eps < math.inf:
+        return eps
+    return as_number("eps", eps, 0.0, above=True)

@@ -201,7 +201,7 @@ def embed_mux(
     n = vectors.shape[0]  # >= 1: vectors is non-empty
     if vectors.shape[1] != d:
         raise ValueError(f"vectors must have shape (N, {d}), got {tuple(vectors.shape)}")
-    _validate.eps_arg(eps)
+    eps = _validate.eps_arg(eps)
     if input_ids.dim() == 2:
         input_ids = group_batch("input_ids", input_ids, n)
     elif input_ids.shape[1] != n:

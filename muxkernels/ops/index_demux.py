@@ -29,11 +29,12 @@ from .demux_gather import (
 
 
 def _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index):
-    check_num_instances(num_instances)
+    num_instances = check_num_instances(num_instances)
     _validate.demux_hidden(hidden, num_instances + 1, f"an index prefix of N+1={num_instances + 1}")
     _validate.concat_linear_params(hidden, weight, bias, ln_weight, ln_bias)
-    _validate.eps_arg(eps)
+    eps = _validate.eps_arg(eps)
     _validate.gather_args(gather, index, hidden, num_instances)
+    return num_instances, eps
 
 
 def _split_terms(
@@ -85,7 +86,9 @@ def index_demux(
         u in the hidden dtype: (B', N, L', d), (B', N, d) or (B', L', d) by ``gather``.
         Flattened to the caller's batch, row g·N+i is instance i of group g.
     """
-    _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index)
+    num_instances, eps = _validate_args(
+        hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+    )
     chosen = _backend.resolve("index_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.index_demux(
@@ -128,7 +131,9 @@ def index_demux_logits(
     Returns:
         logits in the hidden dtype, shaped like :func:`index_demux`'s u with d replaced by K.
     """
-    _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index)
+    num_instances, eps = _validate_args(
+        hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
+    )
     check_tensor("proj_weight", proj_weight)
     check_rank("proj_weight", proj_weight, 2, "(K, d)")
     check_nonempty("proj_weight", proj_weight)

@@ -46,7 +46,7 @@ def index_pos_demux(
     _validate.transform("keys", keys, hidden, 2, "(N, d)", "hidden")
     if keys.shape[1] != d:
         raise ValueError(f"keys must have shape (N, {d}), got {tuple(keys.shape)}")
-    _validate.eps_arg(eps)
+    eps = _validate.eps_arg(eps)
     _validate.gather_args(gather, index, hidden, keys.shape[0])
     chosen = _backend.resolve("index_pos_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":

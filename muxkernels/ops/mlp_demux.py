@@ -80,7 +80,7 @@ def mlp_demux(
             "ln_bias": (ln_bias, (n, d)),
         },
     )
-    _validate.eps_arg(eps)
+    eps = _validate.eps_arg(eps)
     chosen = _backend.resolve("mlp_demux", backend, hidden.device, KERNEL_BACKENDS, KERNELS)
     if chosen == "reference":
         return reference.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)

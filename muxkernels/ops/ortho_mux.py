@@ -131,8 +131,8 @@ def lowrank_ortho_mux(
             )
         num_instances = embeddings.shape[1]
     grouped = _validate.mux_input(embeddings, num_instances, d)
-    if d < num_instances:
-        raise ValueError(f"low-rank transforms need d >= N, got d={d} and N={num_instances}")
+    if d < grouped.shape[1]:
+        raise ValueError(f"low-rank transforms need d >= N, got d={d} and N={grouped.shape[1]}")
     chosen = _backend.resolve(
         "lowrank_ortho_mux", backend, grouped.device, KERNEL_BACKENDS, LOWRANK_KERNELS
     )
