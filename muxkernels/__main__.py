@@ -10,6 +10,14 @@ import sys
 import torch
 
 from . import __version__, _backend, _extension
+from ._cli_args import (
+    HelpFormatter,
+    device,
+    nonnegative_int,
+    plain,
+    positive_int,
+    run_or_report,
+)
 from ._selfcheck import format_rows, run_checks
 from .models import convert_cli
 
@@ -76,29 +84,39 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.cli import main as bench
 
         return bench(argv[1:])
-    parser = argparse.ArgumentParser(prog="muxkernels", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="muxkernels", description=plain(__doc__), formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, the compiled extension, usable backends")
-    check = sub.add_parser("check", help="run every op on every usable backend vs float64")
-    check.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    def command(name: str, text: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=text, description=text, formatter_class=HelpFormatter, **kwargs
+        )
+
+    command("info", "versions, the compiled extension and what it was built for, usable backends")
+    check = command("check", "run every op on every usable backend vs float64")
+    check.add_argument("--device", type=device, help="cpu or cuda (default: cuda when available)")
     check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
     sub.add_parser("bench", help="benchmarks: muxkernels bench --help", add_help=False)
-    demo = sub.add_parser("demo", help="train the retrieval warm-up for several N on the CPU")
-    demo.add_argument("--instances", nargs="+", type=int, default=[1, 2, 4, 8], help="the Ns")
-    demo.add_argument("--steps", type=int, help="training steps for every N (default: per N)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--device", default="cpu", help="cpu or cuda")
-    demo.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    demo = command("demo", "train the retrieval warm-up for several N on the CPU")
+    demo.add_argument("--instances", nargs="+", type=positive_int, default=[1, 2, 4, 8],
+                      help="the Ns")  # fmt: skip
+    demo.add_argument("--steps", type=positive_int,
+                      help="training steps for every N (default: per N)")  # fmt: skip
+    demo.add_argument("--seed", type=nonnegative_int, default=0, help="random seed")
+    demo.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
+    demo.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
     convert_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
-        return _demo(args)
+        return run_or_report("muxkernels demo", lambda: _demo(args))
     if args.command == "convert":
         return convert_cli.run(args)
-    return _check(args)
+    return run_or_report("muxkernels check", lambda: _check(args))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,15 @@ from pathlib import Path
 import torch
 
 from .. import __version__, _backend
+from .._cli_args import (
+    HelpFormatter,
+    device,
+    existing_file,
+    plain,
+    positive_float,
+    positive_int,
+    run_or_report,
+)
 from . import end_to_end, microbench, report
 from .workloads import MODES, OPS, Sizes
 
@@ -49,29 +58,33 @@ E2E_RESERVE_S = 60
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="muxkernels bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        description=plain(__doc__.split("\n\n")[0]),
+        formatter_class=HelpFormatter,
+        epilog=plain("\n\n".join(__doc__.split("\n\n")[1:])),
     )
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", type=device, help="cuda or cpu (default: cuda when available)")
     ops = p.add_argument_group("ops")
     ops.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
-    ops.add_argument("--n", type=int, nargs="+", default=list(NS), help="the Ns")
+    ops.add_argument("--n", type=positive_int, nargs="+", default=list(NS), help="the Ns")
     ops.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ops.add_argument("--impls", nargs="+", choices=microbench.IMPLS,
                      help=f"default: all on a GPU, {' '.join(CPU_IMPLS)} on the CPU")  # fmt: skip
     ops.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 (GPU), fp32 (CPU)")
-    ops.add_argument("--groups", type=int, help="B' (default 64 on a GPU, 2 on the CPU)")
-    ops.add_argument("--length", type=int, help="L (default 128 on a GPU, 16 on the CPU)")
-    ops.add_argument("--d", type=int, help="hidden size (default 768 on a GPU, 64 on the CPU)")
+    ops.add_argument("--groups", type=positive_int,
+                     help="B' (default 64 on a GPU, 2 on the CPU)")  # fmt: skip
+    ops.add_argument("--length", type=positive_int,
+                     help="L (default 128 on a GPU, 16 on the CPU)")  # fmt: skip
+    ops.add_argument("--d", type=positive_int,
+                     help="hidden size (default 768 on a GPU, 64 on the CPU)")  # fmt: skip
     ops.add_argument("--no-ops", action="store_true", help="skip the op microbenchmarks")
     e2e = p.add_argument_group("end to end")
-    e2e.add_argument("--e2e-n", type=int, nargs="+", default=list(E2E_NS), help="the Ns")
+    e2e.add_argument("--e2e-n", type=positive_int, nargs="+", default=list(E2E_NS),
+                     help="the Ns")  # fmt: skip
     e2e.add_argument("--e2e-tasks", nargs="+", choices=E2E_TASKS,
                      default=list(E2E_TASKS))  # fmt: skip
     e2e.add_argument("--e2e-size", choices=("paper", "small"),
                      help="paper: 12 layers, d=768 (GPU default); small (CPU default)")  # fmt: skip
-    e2e.add_argument("--batch-sizes", type=int, nargs="+",
+    e2e.add_argument("--batch-sizes", type=positive_int, nargs="+",
                      help="N=1 batch sizes searched (default 32..512 GPU, 4..32 CPU)")  # fmt: skip
     e2e.add_argument("--no-e2e", action="store_true", help="skip the end-to-end run")
     out = p.add_argument_group("output")
@@ -80,12 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--format", choices=("table", "csv", "json"), default="table",
                      help="what goes to stdout (progress goes to stderr)")  # fmt: skip
     out.add_argument("--readme", type=Path, help="rewrite this README's results section")
-    out.add_argument("--report", type=Path, metavar="RESULTS_JSON",
+    out.add_argument("--report", type=existing_file, metavar="RESULTS_JSON",
                      help="measure nothing: render a saved results.json")  # fmt: skip
-    out.add_argument("--budget-s", type=float, help="start no measurement after this many "
+    out.add_argument("--budget-s", type=positive_float, help="start no measurement after this many "
                      f"seconds; the ops stop {E2E_RESERVE_S} s earlier when the end-to-end run "
                      "is still to come; what was left is listed as not measured")  # fmt: skip
-    out.add_argument("--resume", type=Path, metavar="RESULTS_JSON",
+    out.add_argument("--resume", type=existing_file, metavar="RESULTS_JSON",
                      help="add to a saved run of the same sizes: measure only the end to end "
                      "run if it lacks one, and the (op, N) pairs it lacks")  # fmt: skip
     return p
@@ -161,8 +174,11 @@ def _emit(results: report.Results, args: argparse.Namespace) -> None:
         print(report.to_csv(results["ops"]), end="")
     files_dir = args.out or (args.report.parent if args.report else None)
     if args.out:
-        for path in report.write_files(results, args.out):
+        written = report.write_files(results, args.out)
+        for path in written:
             _log(f"wrote {path}")
+        if args.out / "bench.png" not in written:
+            _log("skipped bench.png: matplotlib is not installed (pip install matplotlib)")
     if args.readme:
         png = files_dir / "bench.png" if files_dir else None
         base = args.readme.resolve().parent
@@ -186,7 +202,7 @@ def _resumed(saved: report.Results, meta: dict) -> report.Results:
     if differ:
         theirs = ", ".join(f"{k}={saved['meta'].get(k)}" for k in differ)
         mine = ", ".join(f"{k}={meta[k]}" for k in differ)
-        raise SystemExit(f"--resume: the saved run has {theirs}, this one {mine}; "
+        raise ValueError(f"--resume: the saved run has {theirs}, this one {mine}; "
                          "pass the options of the saved run")  # fmt: skip
     if not saved["end_to_end"]:
         saved["meta"]["end_to_end_size"] = meta["end_to_end_size"]
@@ -276,7 +292,19 @@ def _measure_ops(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.no_ops and args.no_e2e and not args.report:
+        parser.error("--no-ops with --no-e2e measures nothing (--report re-renders a saved run)")
+    if args.report and args.resume:
+        parser.error("--report measures nothing and --resume measures more: pass one of them")
+    if args.readme and not args.readme.is_file():
+        parser.error(f"--readme {str(args.readme)!r} is not a file")
+    return run_or_report(parser.prog, lambda: _run(args, argv))
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """The bench of parsed, valid arguments."""
     if args.report:
         results = report.read_json(args.report)
         if args.format == "table":

@@ -66,7 +66,12 @@ def to_json(results: Results) -> str:
 
 def read_json(path: Path) -> Results:
     """A results document written by ``write_json`` (null read back as NaN in the rows)."""
-    results = json.loads(Path(path).read_text())
+    try:
+        results = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path} is not a muxkernels bench results file (not JSON: {err})"
+        ) from None
     if not isinstance(results, dict) or not {"meta", "ops", "end_to_end"} <= results.keys():
         raise ValueError(f"{path} is not a muxkernels bench results file")
     for key in ("ops", "end_to_end"):
@@ -240,13 +245,14 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
             "everything; the command at the end of this section turns its run into this "
             "section."
         )
-    parts.append(
-        f"**End to end**, inference: a {e['layers']}-layer, {e['d']}-wide encoder "
-        f"(random weights), L={e['length']} plus the N+1 index prefix, {meta['dtype']}. The "
-        "N=1 baseline is the plain encoder without multiplexing at its best batch size "
-        "(searched); every N>1 pass encodes that many rows B', so it serves B'·N instances.\n\n"
-        + end_to_end_summary(results)
-    )
+    if e and results["end_to_end"]:  # a run with --no-e2e has neither
+        parts.append(
+            f"**End to end**, inference: a {e['layers']}-layer, {e['d']}-wide encoder "
+            f"(random weights), L={e['length']} plus the N+1 index prefix, {meta['dtype']}. "
+            "The N=1 baseline is the plain encoder without multiplexing at its best batch "
+            "size (searched); every N>1 pass encodes that many rows B', so it serves B'·N "
+            "instances.\n\n" + end_to_end_summary(results)
+        )
     mode_text = {"fwd": "forward", "fwd+bwd": "forward + backward"}
     impl_note = (
         "the fastest kernel backend's median and its speedup over the eager reference / "
