@@ -45,7 +45,7 @@ def _bounded(kind: type, low: float, strict: bool, what: str) -> Callable[[str],
 
 positive_int = _bounded(int, 1, False, "an integer >= 1")
 nonnegative_int = _bounded(int, 0, False, "an integer >= 0")
-positive_float = _bounded(float, 0.0, True, "a number > 0")
+nonnegative_float = _bounded(float, 0.0, False, "a number >= 0")
 
 
 def device(text: str) -> str:

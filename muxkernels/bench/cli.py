@@ -34,8 +34,8 @@ from .._cli_args import (
     HelpFormatter,
     device,
     existing_file,
+    nonnegative_float,
     plain,
-    positive_float,
     positive_int,
     run_or_report,
 )
@@ -95,9 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--readme", type=Path, help="rewrite this README's results section")
     out.add_argument("--report", type=existing_file, metavar="RESULTS_JSON",
                      help="measure nothing: render a saved results.json")  # fmt: skip
-    out.add_argument("--budget-s", type=positive_float, help="start no measurement after this many "
-                     f"seconds; the ops stop {E2E_RESERVE_S} s earlier when the end-to-end run "
-                     "is still to come; what was left is listed as not measured")  # fmt: skip
+    out.add_argument("--budget-s", type=nonnegative_float,
+                     help="start no measurement after this many seconds; the ops stop "
+                     f"{E2E_RESERVE_S} s earlier when the end-to-end run is still to come; "
+                     "what was left is listed as not measured")  # fmt: skip
     out.add_argument("--resume", type=existing_file, metavar="RESULTS_JSON",
                      help="add to a saved run of the same sizes: measure only the end to end "
                      "run if it lacks one, and the (op, N) pairs it lacks")  # fmt: skip
