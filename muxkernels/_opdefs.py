@@ -48,7 +48,7 @@ mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps) -> (d_pre, d_bias,
 embed_mux_fwd(input_ids (B',N,L), word, position, token_type, ln_weight, ln_bias,
               vectors, position_ids, token_type_ids, mixed_position_ids (B',L),
               mixed_token_type_ids (B',L), eps) -> x (B',L,d)
-    SPEC section 1's fused front end; see ``muxkernels.reference.embed_mux``
+    design §1's fused front end; see ``muxkernels.reference.embed_mux``
 """
 
 from __future__ import annotations

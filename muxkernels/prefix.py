@@ -1,4 +1,4 @@
-"""The index prefix (SPEC section 2) and batch padding, for token ids.
+"""The index prefix (design §2) and batch padding, for token ids.
 
 Before embedding, instance i of every group gets N+1 tokens in front of its sequence:
 ``filler_id`` at every prefix position except position i, which holds ``index_ids[i]``,

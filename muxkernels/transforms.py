@@ -1,4 +1,4 @@
-"""Initialisers of the multiplexing transforms (SPEC section 1).
+"""Initialisers of the multiplexing transforms (design §1).
 
 Each takes ``generator``: a ``torch.Generator``, an int seed, or None (torch's global RNG).
 Random draws happen on the CPU in float64, so a seed gives the same transform on every

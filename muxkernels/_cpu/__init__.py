@@ -10,7 +10,7 @@ tested against the reference like the kernel backends:
   row (positions, token types) are looked up once and broadcast;
 - tensors of B'·N·L·d elements are built a few groups at a time (``group_chunks``), so the
   chain of elementwise steps that follows runs in cache instead of main memory;
-- the demultiplexers use the split form of SPEC section 3 (two d×d GEMMs, never the 2d
+- the demultiplexers use the split form of design §3 (two d×d GEMMs, never the 2d
   concatenation), and the MLP branches one stacked GEMM.
 
 There are no ``muxkernels::`` operators here: on the CPU, ATen's ops are the kernels, so

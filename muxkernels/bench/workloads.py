@@ -3,7 +3,7 @@
 Implementations: ``eager`` (the reference, plain PyTorch), ``compiled`` (torch.compile of
 the reference), ``published`` (the published layers' form of the op, in the data's dtype:
 ``muxkernels.bench.published``) and the kernel backends each op has. Costs are the floors
-the ops are judged by (SPEC "Floors"): bytes that must
+the ops are judged by (docs/design.md): bytes that must
 move (inputs read once, outputs written once) and the FLOPs of the GEMMs.
 """
 

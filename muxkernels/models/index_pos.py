@@ -1,4 +1,4 @@
-"""The full MUX-PLMs index_pos (RSA) demultiplexer (SPEC section 5), published names included.
+"""The full MUX-PLMs index_pos (RSA) demultiplexer (design §5), published names included.
 
 One shared ``demux_module`` holds learned instance keys k (N, d) and K hidden demux layers
 (``num_hidden_demux_layers``): ``dense_1`` (2d → d) acting on [k_i; h_t], then ``dense_k``

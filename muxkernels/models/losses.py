@@ -1,4 +1,4 @@
-"""The published training objective (SPEC section 6), as functions.
+"""The published training objective (design §6), as functions.
 
     loss = task_loss_coeff · task_loss + retrieval_loss_coeff · retrieval_loss
 

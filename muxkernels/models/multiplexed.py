@@ -87,8 +87,8 @@ class MuxConfig:
 
     - ``muxing_variant``: the four ``muxkernels.nn.Multiplexer`` variants or MUX-PLMs'
       contextual ``gaussian_attention_v2`` (``ContextualMultiplexer``).
-    - ``demuxing_variant``: "index" (index prefix, SPEC 3), "mlp" (SPEC 4), "index_pos"
-      (MUX-PLMs, SPEC 5, with ``num_hidden_demux_layers`` >= 2); ``heads`` picks the
+    - ``demuxing_variant``: "index" (index prefix, design §3), "mlp" (design §4), "index_pos"
+      (MUX-PLMs, design §5, with ``num_hidden_demux_layers`` >= 2); ``heads`` picks the
       published head style: "datamux" (index, mlp), "muxplms_bert" or "muxplms_electra"
       (index, index_pos) — see ``muxkernels.models.heads``.
     - ``cls_at_first``: the first token of every sequence is replaced by ``cls_id`` (the

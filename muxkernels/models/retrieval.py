@@ -1,4 +1,4 @@
-"""The retrieval warm-up (SPEC section 3) on synthetic data, made in code.
+"""The retrieval warm-up (design §3) on synthetic data, made in code.
 
 Each instance is a random token sequence over the content ids [0, C) (C = the smallest
 special id of the config). For every group g and position t an instance j[g,t] is drawn

@@ -1,4 +1,4 @@
-"""Demultiplexer layers with the published parameter names (SPEC sections 3-5).
+"""Demultiplexer layers with the published parameter names (design §3-5).
 
 Each returns the demuxed representations u; the heads in ``muxkernels.nn.heads`` add the
 published projections on top.

@@ -2,7 +2,7 @@
 
 a (Ga, N, d) is the per-instance term (Ga = B', or 1 when it is the same for every group),
 c (B', L', d) the per-position term, both already projected by the small GEMMs of the op
-that calls this. Three gathers (SPEC section 3): "token" (B', N, L', d), "sequence" at one
+that calls this. Three gathers (design §3): "token" (B', N, L', d), "sequence" at one
 position (B', N, d), "selected" with one instance index[g,t] per position (B', L', d).
 :class:`DemuxGather` runs the fused kernel of one backend (``demux_gather_{fwd,bwd}``);
 :class:`DemuxGatherProject` also applies a small output projection (K <=

@@ -1,4 +1,4 @@
-"""The fused front end (SPEC section 1): token ids of N instances → multiplexed embedding.
+"""The fused front end (design §1): token ids of N instances → multiplexed embedding.
 
 e = LN(word[ids] + pos[position_ids] + type[token_type_ids]) per instance, mixed by the
 hadamard transform m = (1/N) Σ_i v_i ⊙ e_i, then x = LN(m + pos[mixed_position_ids] +

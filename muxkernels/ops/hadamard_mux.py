@@ -1,4 +1,4 @@
-"""Hadamard multiplex: x[g,t,:] = (1/N) · Σ_i v[i,:] ⊙ E[g,i,t,:] (SPEC section 1).
+"""Hadamard multiplex: x[g,t,:] = (1/N) · Σ_i v[i,:] ⊙ E[g,i,t,:] (design §1).
 
 Backends: ``reference`` and ``cpu`` (plain PyTorch autograd), ``cuda`` and ``triton`` (the
 operators ``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`).

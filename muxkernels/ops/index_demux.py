@@ -1,4 +1,4 @@
-"""Index demultiplex (SPEC section 3): u[g,i,t] = LN(gelu(W · [p[g,i]; h[g,t]] + b)).
+"""Index demultiplex (design §3): u[g,i,t] = LN(gelu(W · [p[g,i]; h[g,t]] + b)).
 
 p[g,i] = h[g,i] (i < N) are the index positions of the prefix; W = [W_p | W_h] is (d, 2d).
 Computed split: A = p W_pᵀ once per (g,i), C = h W_hᵀ + b once per (g,t) (torch GEMMs),

@@ -1,4 +1,4 @@
-"""index_pos (RSA) demultiplex (SPEC section 5): u[g,i,t] = LN(gelu(W_h h[g,t] + c_i)).
+"""index_pos (RSA) demultiplex (design §5): u[g,i,t] = LN(gelu(W_h h[g,t] + c_i)).
 
 No prefix: learned keys k (N, d) stand in for the index positions, c_i = W_k k_i + b with
 W = [W_k | W_h] of shape (d, 2d). Same gathers as the index demux; "sequence" reads t = 0.

@@ -1,4 +1,4 @@
-"""MLP demultiplex (SPEC section 4): N branches u_i = LN_i(gelu(W_i h + b_i)).
+"""MLP demultiplex (design §4): N branches u_i = LN_i(gelu(W_i h + b_i)).
 
 One GEMM with the stacked (N·d × d) weight (torch), then gelu and a per-branch LayerNorm
 in one fused kernel (:class:`MLPDemux`).

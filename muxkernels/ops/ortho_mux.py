@@ -1,4 +1,4 @@
-"""Matrix multiplex (SPEC section 1): dense ``ortho`` and factored ``ortho_lowrank``.
+"""Matrix multiplex (design §1): dense ``ortho`` and factored ``ortho_lowrank``.
 
 ortho:          x[g,t,:] = N^(-1/2) · Σ_i P[i] @ E[g,i,t,:]
 ortho_lowrank:  P[i] = U[:, S_i] @ H[:, S_i]ᵀ, computed as N^(-1/2) · U · concat_i(H[:, S_i]ᵀ E_i)

@@ -1,6 +1,6 @@
 """The plain-PyTorch reference of every muxkernels op: the CPU path and the oracle of the tests.
 
-Written from SPEC.md's formulas, readable, and never changed to match a kernel.
+Written from docs/design.md's formulas, readable, and never changed to match a kernel.
 Inputs are already grouped (B', N, …) and validated; the public functional API in
 ``muxkernels`` validates and groups before calling these.
 """

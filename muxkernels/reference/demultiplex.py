@@ -1,4 +1,4 @@
-"""Plain-PyTorch demultiplexers (SPEC sections 3-5), written straight from the formulas.
+"""Plain-PyTorch demultiplexers (design §3-5), written straight from the formulas.
 
 All demultiplexers share one core: u = LN(gelu(a[g,i] + c[g,t])), where a is a
 per-instance term and c a per-position term. What differs is where a and c come from:

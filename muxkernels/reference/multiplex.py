@@ -1,4 +1,4 @@
-"""Plain-PyTorch multiplexers (SPEC section 1), written straight from the formulas.
+"""Plain-PyTorch multiplexers (design §1), written straight from the formulas.
 
 Shapes: embeddings E is (B', N, L, d): group g, instance i, position t, feature k.
 Every function computes in float32 (float64 when an input is float64) and returns
