@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -64,10 +65,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    if args.task == "digits":
+        from .vision_demo import run_from_args
+
+        return run_from_args(args)
+    if args.plot is not None:
+        print("muxkernels demo: error: --plot applies to --task digits", file=sys.stderr)
+        return 2
+    from .demo import DEFAULT_INSTANCES, run_demo
 
     run_demo(
-        args.instances,
+        args.instances or DEFAULT_INSTANCES,
         steps=args.steps,
         seed=args.seed,
         device=args.device,
@@ -99,15 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--device", type=device, help="cpu or cuda (default: cuda when available)")
     check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
     sub.add_parser("bench", help="benchmarks: muxkernels bench --help", add_help=False)
-    demo = command("demo", "train the retrieval warm-up for several N on the CPU")
-    demo.add_argument("--instances", nargs="+", type=positive_int, default=[1, 2, 4, 8],
-                      help="the Ns")  # fmt: skip
+    demo = command("demo", "train the retrieval warm-up (or digits) for several N on the CPU")
+    demo.add_argument("--task", choices=("retrieval", "digits"), default="retrieval",
+                      help="retrieval: the DataMUX warm-up; digits: multiplexed CNNs on "
+                      "scikit-learn's digits")  # fmt: skip
+    demo.add_argument("--instances", nargs="+", type=positive_int,
+                      help="the Ns (default 1 2 4 8; digits: 1 2 4 8 16)")  # fmt: skip
     demo.add_argument("--steps", type=positive_int,
                       help="training steps for every N (default: per N)")  # fmt: skip
     demo.add_argument("--seed", type=nonnegative_int, default=0, help="random seed")
     demo.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     demo.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for tests")
+    demo.add_argument("--plot", type=Path, help="digits: also draw the results to this PNG")
     convert_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":

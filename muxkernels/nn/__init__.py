@@ -1,6 +1,8 @@
-"""Drop-in layers: the multiplexer, the demultiplexers and the published task heads."""
+"""Drop-in layers: the multiplexers (sequences, images), the demultiplexers and the published
+task heads."""
 
 from .demultiplexers import IndexDemultiplexer, IndexPosDemultiplexer, MLPDemultiplexer
+from .feature_demultiplexer import FeatureDemultiplexer
 from .heads import (
     IndexDemuxRetrievalHead,
     IndexDemuxSequenceClassificationHead,
@@ -9,10 +11,14 @@ from .heads import (
     MLPDemuxSequenceClassificationHead,
     MLPDemuxTokenClassificationHead,
 )
+from .image_multiplexer import IMAGE_MUX_MODES, ImageMultiplexer
 from .multiplexer import MUXING_VARIANTS, Multiplexer
 
 __all__ = [
+    "IMAGE_MUX_MODES",
     "MUXING_VARIANTS",
+    "FeatureDemultiplexer",
+    "ImageMultiplexer",
     "IndexDemultiplexer",
     "IndexDemuxRetrievalHead",
     "IndexDemuxSequenceClassificationHead",
