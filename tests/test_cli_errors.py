@@ -130,4 +130,4 @@ def test_help_has_no_rest_markup_and_gives_defaults(command, capsys):
     text = capsys.readouterr().out
     assert "``" not in text
     if command == "demo":
-        assert "(default: [1, 2, 4, 8])" in text and "(default: cpu)" in text
+        assert "(default 1 2 4 8; digits: 1 2 4 8 16)" in text and "(default: cpu)" in text
