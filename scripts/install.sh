@@ -29,12 +29,7 @@ else
 fi
 
 "$PYTHON" -m pip install --quiet \
-<<<<<<< HEAD
     "${MUXKERNELS_TORCH:-$default_torch}" "${MUXKERNELS_TRITON:-triton==3.8.0}" \
-    ninja pybind11 numpy pytest pytest-benchmark ruff matplotlib transformers
-=======
-    "${MUXKERNELS_TORCH:-torch==2.14.1}" "${MUXKERNELS_TRITON:-triton==3.8.0}" \
     ninja pybind11 numpy pytest pytest-benchmark ruff matplotlib transformers scikit-learn
->>>>>>> 7498a35 (Image multiplexing (issue 14): ImageMultiplexer with the vision notebook's modes (conv modes as one convolution over the N·C stacked channels, matrix modes on ortho_mux, vector modes on hadamard_mux, remap as one copy), FeatureDemultiplexer on mlp_demux (or the notebook's tanh branches), MultiplexedCNN (MuxLeNet names) and MultiplexedMLP, training helpers, muxkernels demo --task digits; scikit-learn optional ('vision' extra, installed by scripts/install.sh))
 "$PYTHON" -m pip install --quiet --no-build-isolation --no-deps -e .
 "$PYTHON" -m muxkernels info
