@@ -252,7 +252,7 @@ def test_to_published_writes_a_checkpoint_directory_that_loads_back(tmp_path):
     torch.testing.assert_close(again(ids, mask), model(ids, mask), rtol=0, atol=0)
 
 
-# --- the kernel backends on whole published models ------------------------------------------
+# --- every backend on whole published models ------------------------------------------
 
 KERNEL_CASES = {
     "roberta-index-token": (CASES[1], ("binary_hadamard", "index_demux")),
@@ -262,9 +262,9 @@ KERNEL_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @pytest.mark.parametrize("name", list(KERNEL_CASES))
-def test_kernel_backends_give_the_reference_outputs_and_gradients(name, backend):
+def test_every_backend_gives_the_reference_outputs_and_gradients(name, backend):
     case, ops = KERNEL_CASES[name]
     ops = tuple("hadamard_mux" if op == "binary_hadamard" else op for op in ops)
     if not all(runnable(op, backend) for op in ops):
