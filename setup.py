@@ -15,7 +15,10 @@ Environment variables
 MUXKERNELS_BUILD_CUDA
     unset  auto: build ``muxkernels._C`` when torch was built with CUDA
            (``torch.version.cuda``) and nvcc is found, otherwise install pure Python and
-           print a note saying why.
+           print a note saying why. Either way the decision and its reason are recorded in
+           ``muxkernels/_build_info.json``, which ``muxkernels info`` (and a ``cuda``
+           backend that cannot run) reads to say why the extension is missing; pip's build
+           isolation (a plain ``pip install .``) shows there as torch not importable.
     ``1``  build it, and fail loudly if that is impossible.
     ``0``  never build it (pure Python install).
 MUXKERNELS_CUDA_ARCH
@@ -47,11 +50,12 @@ include directories.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from setuptools import setup
@@ -59,6 +63,7 @@ from setuptools import setup
 ROOT = Path(__file__).resolve().parent
 EXT_NAME = "muxkernels._C"
 DEFAULT_CUDA_ARCH = "90a"
+INSTALL_HELPERS = ROOT / "muxkernels" / "_install.py"
 
 
 def _note(message: str) -> None:
@@ -77,18 +82,13 @@ def _build_mode() -> str:
     raise SystemExit(f"MUXKERNELS_BUILD_CUDA must be unset, 0 or 1, got {value!r}")
 
 
-def _find_cuda_home() -> str | None:
-    """Returns the CUDA toolkit root that has bin/nvcc, exporting it as CUDA_HOME."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    nvcc = shutil.which("nvcc")
-    if nvcc is not None:
-        candidates.append(str(Path(nvcc).resolve().parent.parent))
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "bin" / "nvcc").is_file():
-            # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
-            os.environ["CUDA_HOME"] = candidate
-            return candidate
-    return None
+def _install_helpers() -> ModuleType:
+    """muxkernels/_install.py (standard library only), loaded by path: the package itself
+    imports torch, which pip's isolated build environment does not have."""
+    spec = importlib.util.spec_from_file_location("_muxkernels_install", INSTALL_HELPERS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_cuda_arch(spec: str) -> list[str]:
@@ -133,33 +133,30 @@ def _wheel_cuda_include_dirs(cuda_version: str | None) -> list[str]:
 
 
 def _cuda_extension() -> tuple[list[Any], dict[str, Any]]:
-    """Returns ([the CUDAExtension], {build_ext command}), or ([], {}) to skip it."""
+    """Returns ([the CUDAExtension], {build_ext command}), or ([], {}) to skip it.
+
+    The decision and its reason are written to muxkernels/_build_info.json, which
+    ``muxkernels info`` reads to say why the extension is missing and how to build it."""
     mode = _build_mode()
-    if mode == "skip":
-        _note("MUXKERNELS_BUILD_CUDA=0: installing pure Python (no muxkernels._C).")
-        return [], {}
-
-    def unavailable(reason: str) -> tuple[list[Any], dict[str, Any]]:
-        if mode == "force":
-            raise SystemExit(f"muxkernels setup: MUXKERNELS_BUILD_CUDA=1 but {reason}")
-        _note(
-            f"{reason}; installing pure Python (no muxkernels._C). "
-            "Set MUXKERNELS_BUILD_CUDA=1 to make this an error."
-        )
-        return [], {}
-
-    cuda_home = _find_cuda_home()
+    install = _install_helpers()
+    cuda_home = install.find_cuda_home()
+    if cuda_home is not None:
+        os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+    torch_error: BaseException | None = None
     try:
         import torch
     except ImportError as err:
-        return unavailable(
-            f"torch cannot be imported ({err}); install torch first and use "
-            "pip install --no-build-isolation"
-        )
-    if not torch.version.cuda:
-        return unavailable(f"torch {torch.__version__} was built without CUDA")
-    if cuda_home is None:
-        return unavailable("nvcc was not found (set CUDA_HOME to the CUDA toolkit root)")
+        torch, torch_error = None, err
+    version = None if torch is None else torch.__version__
+    cuda = None if torch is None else torch.version.cuda
+    build, reason = install.build_decision(mode, torch_error, version, cuda, cuda_home)
+    if not build:
+        install.write_record(False, reason, version, cuda)
+        if mode == "force":
+            raise SystemExit(f"muxkernels setup: {install.BUILD_ENV_VAR}=1 but {reason}")
+        hint = "" if mode == "skip" else f" Set {install.BUILD_ENV_VAR}=1 to make this an error."
+        _note(f"not building {EXT_NAME}: {reason}; installing pure Python.{hint}")
+        return [], {}
 
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
@@ -168,6 +165,7 @@ def _cuda_extension() -> tuple[list[Any], dict[str, Any]]:
     for include in _wheel_cuda_include_dirs(torch.version.cuda):
         cxx_flags += ["-idirafter", include]
     nvcc_flags = ["-O3", "-DNDEBUG", "-std=c++17", *arch_flags]
+    install.write_record(True, f"{reason}, nvcc {' '.join(arch_flags)}", version, cuda)
 
     os.chdir(ROOT)  # setuptools wants source paths relative to setup.py
     # One binding file per op (csrc/bindings/*.cpp, the only ones that include torch) and one

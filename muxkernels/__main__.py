@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, _backend, _extension
+from . import __version__, _backend, _extension, _install
 from ._cli_args import (
     HelpFormatter,
     device,
@@ -39,12 +39,23 @@ def _info() -> int:
         print(f"triton {triton.__version__}")
     except ImportError:
         print("triton: not installed")
-    print(f"compiled extension muxkernels._C: {'loaded' if _extension.load() else 'absent'}")
+    try:
+        loaded = _extension.load()
+    except ImportError:  # MUXKERNELS_REQUIRE_EXTENSION=1: said below, as without it
+        loaded = False
+    if loaded:
+        print(f"compiled extension muxkernels._C: loaded ({_install.describe_build()})")
+    else:
+        why = _install.why_absent(_extension.load_error(), _install.read_record())
+        print(f"compiled extension muxkernels._C: absent: {why}")
+        print(f"  to build it: {_install.build_command()}")
     cuda = torch.cuda.is_available()
     print(f"CUDA device: {torch.cuda.get_device_name() if cuda else 'none'}")
     device = torch.device("cuda" if cuda else "cpu")
     for backend in _backend.BACKENDS[1:]:
         ok, why = _backend.usable(backend, device)
+        if backend == "cuda" and not loaded:
+            why = "it needs muxkernels._C (see above)"
         state = "usable" if ok else f"unusable: {why}"
         if ok and backend == "cuda" and device.type == "cpu":
             state += " (the compiled operators' CPU implementations, for testing)"

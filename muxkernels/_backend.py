@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Literal
 
 import torch
 
-from . import _extension, _opdefs, _triton
+from . import _extension, _install, _opdefs, _triton
 
 Backend = Literal["auto", "reference", "cpu", "triton", "cuda"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "cpu", "triton", "cuda")
@@ -41,15 +42,35 @@ def _triton_usable(device: torch.device) -> tuple[bool, str]:
 
 def _cuda_usable(device: torch.device) -> tuple[bool, str]:
     if not _extension.load():
-        error = _extension.load_error()
-        because = f" ({error!r})" if error is not None else ""
         return False, (
-            f"the compiled extension muxkernels._C is not built or does not load{because} "
-            "(reinstall with MUXKERNELS_BUILD_CUDA=1 pip install --no-build-isolation .)"
+            "the compiled extension muxkernels._C is not built or does not load: "
+            + _install.explain(_extension.load_error())
         )
     if device.type in ("cuda", "cpu"):
         return True, ""
     return False, f"the cuda backend runs on CUDA (or, for testing, CPU) tensors, got {device}"
+
+
+class ExtensionMissingWarning(UserWarning):
+    """``auto`` runs other backends on a GPU because the compiled CUDA kernels are missing."""
+
+
+_warned_extension_missing = False
+
+
+def _warn_extension_missing() -> None:
+    """Says once per process why ``auto`` cannot use the compiled CUDA kernels on a GPU,
+    and how to build them, instead of running the other backends silently."""
+    global _warned_extension_missing
+    if _warned_extension_missing:
+        return
+    _warned_extension_missing = True
+    warnings.warn(
+        "muxkernels: backend='auto' cannot use the compiled CUDA kernels, so it runs the "
+        f"triton or reference backend: {_install.explain(_extension.load_error())}",
+        ExtensionMissingWarning,
+        stacklevel=4,
+    )
 
 
 def usable(backend: str, device: torch.device) -> tuple[bool, str]:
@@ -105,6 +126,8 @@ def resolve(
     if backend == "auto":
         if device.type == "cpu":
             return "cpu" if "cpu" in implemented else "reference"
+        if "cuda" in implemented and not _extension.load():
+            _warn_extension_missing()
         for candidate in implemented:
             if runs(candidate, device, kernels):
                 return candidate
@@ -124,7 +147,7 @@ def resolve(
         names = ", ".join(_opdefs.qualified_name(m, backend) for m in missing)
         hint = ""
         if backend == "cuda":
-            hint = "; rebuild the extension (MUXKERNELS_BUILD_CUDA=1 pip install -e .)"
+            hint = f"; rebuild the extension: {_install.build_command()}"
         raise RuntimeError(
             f"{op}: backend {backend!r} (asked for by {source}) lacks the operators {names}{hint}"
         )

@@ -38,7 +38,7 @@ import threading
 
 import torch
 
-from . import _opdefs
+from . import _install, _opdefs
 
 __all__ = ["REQUIRE_ENV_VAR", "cuda_kernels_available", "load", "load_error"]
 
@@ -74,8 +74,7 @@ def load() -> bool:
     if not _loaded and os.environ.get(REQUIRE_ENV_VAR) == "1":
         raise ImportError(
             f"{REQUIRE_ENV_VAR}=1 but the compiled extension {_MODULE} cannot be imported: "
-            f"{_error!r} (build it with MUXKERNELS_BUILD_CUDA=1 pip install "
-            "--no-build-isolation -e .)"
+            + _install.explain(_error)
         ) from _error
     return _loaded
 
