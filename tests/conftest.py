@@ -1,7 +1,11 @@
-"""Shared test setup: skip `gpu`-marked tests without CUDA; seeded random inputs."""
+"""Shared test setup: skip `gpu`-marked tests without CUDA; seeded random inputs; with
+MUXKERNELS_TOLERANCE_REPORT=1, the largest error per tolerance purpose and dtype."""
 
 from __future__ import annotations
 
+import os
+
+import helpers
 import pytest
 import torch
 
@@ -15,10 +19,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The largest error / bound ratio of each (purpose, dtype) of muxkernels._tolerances in
+    this run (> 1 failed; far below 1: the bound could be tighter)."""
+    if os.environ.get("MUXKERNELS_TOLERANCE_REPORT") != "1" or not helpers.WORST:
+        return
+    terminalreporter.section("largest error / bound per tolerance purpose and dtype")
+    for (purpose, dtype), ratio in sorted(helpers.WORST.items()):
+        terminalreporter.write_line(f"{purpose:<10} {dtype:<9} {ratio:10.3g}")
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     """A CPU generator with a fixed seed, fresh for each test."""
-    return torch.Generator().manual_seed(1234)
+    return helpers.seeded(1234)
 
 
 @pytest.fixture
@@ -26,6 +40,6 @@ def randn(generator):
     """randn(*shape, scale=1.0, dtype=float64): seeded normal samples (never exactly zero)."""
 
     def draw(*shape: int, scale: float = 1.0, dtype: torch.dtype = torch.float64):
-        return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).to(dtype)
+        return helpers.randn(*shape, generator=generator, dtype=dtype, scale=scale)
 
     return draw

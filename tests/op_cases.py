@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+from helpers import randn, seeded
 
 import muxkernels as mk
 from muxkernels import _backend, transforms
@@ -18,15 +19,6 @@ from muxkernels import _backend, transforms
 CPU = torch.device("cpu")
 
 N, D, L, GROUPS, K = 3, 7, 2, 2, 5
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, dtype: torch.dtype, seed: int, scale: float = 1.0) -> torch.Tensor:
-    """Seeded standard normal samples (drawn in float64) times ``scale``, in ``dtype``."""
-    return (scale * torch.randn(*shape, generator=_gen(seed), dtype=torch.float64)).to(dtype)
 
 
 def inputs(
@@ -39,27 +31,27 @@ def inputs(
     """
     prefixed = length + n + 1
     return {
-        "emb": randn(groups * n, length, d, dtype=dtype, seed=0),
+        "emb": randn(groups * n, length, d, dtype=dtype, generator=0),
         "vec": transforms.gaussian_vectors(n, d, generator=0, dtype=dtype),
         "mats": transforms.ortho_matrices(n, d, generator=1, dtype=dtype),
         "u": transforms.ortho_matrices(2, d, generator=2, dtype=dtype)[0],
         "h": transforms.ortho_matrices(2, d, generator=2, dtype=dtype)[1],
-        "hid": randn(groups, prefixed, d, dtype=dtype, seed=3),
-        "w2": randn(d, 2 * d, dtype=dtype, seed=4, scale=d**-0.5),
-        "b": randn(d, dtype=dtype, seed=5),
-        "lw": randn(d, dtype=dtype, seed=6),
-        "lb": randn(d, dtype=dtype, seed=7),
-        "keys": randn(n, d, dtype=dtype, seed=8),
-        "wm": randn(n, d, d, dtype=dtype, seed=9, scale=d**-0.5),
-        "bm": randn(n, d, dtype=dtype, seed=10),
-        "lwm": randn(n, d, dtype=dtype, seed=11),
-        "lbm": randn(n, d, dtype=dtype, seed=12),
-        "pw": randn(K, d, dtype=dtype, seed=13, scale=d**-0.5),
-        "pb": randn(K, dtype=dtype, seed=14),
-        "tables": randn(11, d, dtype=dtype, seed=15),
-        "tok": torch.randint(0, 11, (groups * n, length), generator=_gen(16)),
-        "index": torch.randint(0, n, (groups, prefixed), generator=_gen(17)),
-        "index_pos": torch.randint(0, n, (groups, prefixed), generator=_gen(18)),
+        "hid": randn(groups, prefixed, d, dtype=dtype, generator=3),
+        "w2": randn(d, 2 * d, dtype=dtype, generator=4, scale=d**-0.5),
+        "b": randn(d, dtype=dtype, generator=5),
+        "lw": randn(d, dtype=dtype, generator=6),
+        "lb": randn(d, dtype=dtype, generator=7),
+        "keys": randn(n, d, dtype=dtype, generator=8),
+        "wm": randn(n, d, d, dtype=dtype, generator=9, scale=d**-0.5),
+        "bm": randn(n, d, dtype=dtype, generator=10),
+        "lwm": randn(n, d, dtype=dtype, generator=11),
+        "lbm": randn(n, d, dtype=dtype, generator=12),
+        "pw": randn(K, d, dtype=dtype, generator=13, scale=d**-0.5),
+        "pb": randn(K, dtype=dtype, generator=14),
+        "tables": randn(11, d, dtype=dtype, generator=15),
+        "tok": torch.randint(0, 11, (groups * n, length), generator=seeded(16)),
+        "index": torch.randint(0, n, (groups, prefixed), generator=seeded(17)),
+        "index_pos": torch.randint(0, n, (groups, prefixed), generator=seeded(18)),
     }
 
 
@@ -81,7 +73,7 @@ CASES = {
         x["tok"], x["tables"], x["tables"], x["tables"][:2], x["lw"], x["lb"], x["vec"], backend=be
     ),
 }
-for _gather in ("token", "sequence", "selected"):
+for _gather in mk.reference.GATHERS:
     CASES[f"index_demux-{_gather}"] = lambda x, be, g=_gather: mk.index_demux(
         x["hid"],
         x["w2"],

@@ -9,6 +9,7 @@ muxkernels.HadamardMux and must match the reference forward and backward.
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 
@@ -21,8 +22,7 @@ ENV_SOURCE = "the MUXKERNELS_BACKEND environment variable"
 
 
 def randn(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+    return helpers.randn(*shape, generator=seed, dtype=dtype)
 
 
 def run_op(op: str, backend: str) -> torch.Tensor:
@@ -113,7 +113,7 @@ def test_every_op_auto_on_cpu_runs_the_cpu_backend(op, monkeypatch):
         return calls[-1]
 
     monkeypatch.setattr(_backend, "resolve", spy)
-    torch.testing.assert_close(run_op(op, "auto"), run_op(op, "reference"), rtol=1e-4, atol=1e-4)
+    helpers.assert_close(run_op(op, "auto"), run_op(op, "reference"), helpers.BACKEND)
     assert calls == ["cpu", "reference"]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REFERENCE, assert_close
 
 from muxkernels.bench import MODES, OPS, Sizes, cli, microbench, report, run, timing, workloads
 
@@ -95,7 +96,7 @@ def test_every_published_form_computes_the_reference(op):
     w = workloads.build(op, 3, sizes, torch.device("cpu"))
     expected = w.impls["eager"](w.inputs)
     assert expected.abs().max() > 1e-3
-    torch.testing.assert_close(w.impls["published"](w.inputs), expected, rtol=1e-10, atol=1e-12)
+    assert_close(w.impls["published"](w.inputs), expected, REFERENCE)
 
 
 def test_every_workload_compiles_its_own_graphs(monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import loops
 import pytest
 import torch
+from helpers import BACKEND, REFERENCE, assert_close
 
 import muxkernels as mk
 from muxkernels import reference as ref
@@ -51,7 +52,7 @@ def test_matches_loop(groups, n, length, d, randn):
         return t.reshape(groups, n, length)
 
     want = loops.embed_mux(group(tok), *tab.values(), vec, group(pos), group(typ), mpos, mtyp, EPS)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    assert_close(got, want, REFERENCE)
 
 
 def test_defaults_are_positions_0_to_L_and_type_0(randn):
@@ -121,7 +122,7 @@ def test_reference_keeps_table_dtype(randn):
     exact = mk.embed_mux(
         ids(2 * n, 3, high=V_WORD), *(t.double() for t in tab.values()), vec.double()
     )
-    torch.testing.assert_close(out.double(), exact, rtol=2**-7, atol=2**-7 * 4)
+    assert_close(out, exact, REFERENCE)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_kernel_backward_chain_rule_matches_reference_autograd(randn, monkeypatc
     want = torch.autograd.grad(ref.embed_mux(*args), leaves, grad_x)
     got = torch.autograd.grad(EmbedMux.apply(*args, "cuda"), leaves, grad_x)
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+        assert_close(g, w, BACKEND)
 
 
 def test_ids_are_checked_in_one_host_read(randn, monkeypatch):

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import BACKEND, REFERENCE, assert_close
 
 from muxkernels import ops, reference
 from muxkernels.bench import end_to_end as e2e
@@ -16,7 +17,6 @@ from muxkernels.models.encoder import Embeddings
 
 CPU = torch.device("cpu")
 TINY = e2e.EncoderSize(layers=1, d=16, heads=2, intermediate=32, length=5, vocab=100)
-TOL = {"rtol": 1e-12, "atol": 1e-12}
 
 
 def _demux_params(randn, d: int) -> tuple[torch.Tensor, ...]:
@@ -27,7 +27,7 @@ def _demux_params(randn, d: int) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("n", [1, 3])
 def test_published_hadamard_mux_is_the_reference(n, randn):
     e, v = randn(2, n, 4, 10), randn(n, 10)
-    torch.testing.assert_close(published.hadamard_mux(e, v), reference.hadamard_mux(e, v), **TOL)
+    assert_close(published.hadamard_mux(e, v), reference.hadamard_mux(e, v), REFERENCE)
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -38,9 +38,9 @@ def test_published_index_demux_is_the_reference(n, randn):
     sequence = published.index_demux_sequence(hidden, *params, n, 1e-5)
     assert token.shape == (2, n, n + 3, d) and sequence.shape == (2, n, d)
     expected = reference.index_demux(hidden, *params, n, 1e-5, gather="token")
-    torch.testing.assert_close(token, expected, **TOL)
+    assert_close(token, expected, REFERENCE)
     expected = reference.index_demux(hidden, *params, n, 1e-5, gather="sequence")
-    torch.testing.assert_close(sequence, expected, **TOL)
+    assert_close(sequence, expected, REFERENCE)
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -56,7 +56,7 @@ def test_published_front_end_is_the_reference(n, randn, generator):
     params = (*(t.weight for t in tables), ln.weight, ln.bias)
     expected = ops.embed_mux(ids, *params, v, eps=ln.eps, backend="reference")
     with torch.no_grad():
-        torch.testing.assert_close(published.front_end(emb, ids, v, n), expected, **TOL)
+        assert_close(published.front_end(emb, ids, v, n), expected, REFERENCE)
 
 
 @pytest.mark.parametrize("task", ["token", "sequence"])
@@ -71,7 +71,7 @@ def test_published_and_muxkernels_pipelines_agree(task):
     shape = (2 * n, TINY.length, TINY.labels) if task == "token" else (2 * n, 3)
     assert ours.shape == shape and baseline.shape == shape and ours.dtype == torch.float64
     assert ours.abs().max() > 1e-3  # not vanishing: the comparison means something
-    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert_close(ours, theirs, BACKEND)
 
 
 BATCH_SIZES = (2, 5)

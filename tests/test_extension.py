@@ -17,6 +17,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import KERNEL, assert_close, float64, float64_grads, magnitude, randn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from muxkernels import _extension, _opdefs, reference
@@ -37,21 +38,6 @@ OPERATORS = (
     "demux_gather_bwd",
 )
 
-# Error bound: RTOL[dtype] * (1/N) Σ_i |v_i E_i| (relative to the magnitudes summed, so
-# cancellation is covered) + ATOL[dtype] (the rounding of subnormal float16 outputs).
-RTOL = {
-    torch.float64: 1e-12,
-    torch.float32: 1e-5,
-    torch.float16: 2e-3,
-    torch.bfloat16: 1e-2,
-}
-ATOL = {
-    torch.float64: 1e-300,
-    torch.float32: 1e-38,
-    torch.float16: 2.0**-24,
-    torch.bfloat16: 1e-38,
-}
-
 # (B', N, L, d): odd sizes, N = 1, L = 1, d not a multiple of any vector width.
 SHAPES = [(2, 1, 1, 5), (2, 3, 1, 97), (2, 3, 4, 5), (1, 1, 3, 97), (2, 3, 2, 16)]
 
@@ -60,29 +46,17 @@ def hadamard_mux_fwd():
     return torch.ops.muxkernels.hadamard_mux_fwd_cuda
 
 
-def expected_and_bound(e: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x[g,t,k] = (1/N) Σ_i v[i,k] E[g,i,t,k] in float64, and (1/N) Σ_i |v[i,k] E[g,i,t,k]|."""
-    n = e.shape[1]
-    products = e.double() * v.double()[None, :, None, :]
-    return products.sum(1) / n, products.abs().sum(1) / n
-
-
 def assert_matches(out: torch.Tensor, e: torch.Tensor, v: torch.Tensor) -> None:
-    want, bound = expected_and_bound(e.cpu(), v.cpu())
+    """x = (1/N) Σ_i v_i ⊙ E_i within the kernel bound of the magnitudes summed."""
     assert out.shape == (e.shape[0], e.shape[2], e.shape[3])
     assert out.dtype == e.dtype
-    got = out.double().cpu()
-    assert not got.isnan().any(), "NaN in the output"
-    err = (got - want).abs()
-    limit = RTOL[e.dtype] * bound + ATOL[e.dtype]
-    worst = (err / limit).max().item()
-    assert worst <= 1.0, f"error {err.max().item():.3g} exceeds the bound by {worst:.3g}x"
+    want = reference.hadamard_mux(*float64(e, v))
+    assert_close(out, want, KERNEL, magnitude=magnitude(reference.hadamard_mux, e, v))
 
 
-def random_inputs(shape, dtype, v_dtype, generator, device="cpu"):
-    e = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
-    v = torch.randn(shape[1], shape[3], generator=generator, dtype=torch.float64).to(v_dtype)
-    return e.to(device), v.to(device)
+def random_inputs(shape, dtype, v_dtype, generator):
+    e = randn(*shape, generator=generator, dtype=dtype)
+    return e, randn(shape[1], shape[3], generator=generator, dtype=v_dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -339,35 +313,12 @@ def test_compiles_fullgraph(generator):
 # ---------------------------------------------------------------------------
 
 EPS = 1e-5
-GATHERS = ("token", "sequence", "selected")
-# Allowed error relative to the largest magnitude of the expected tensor.
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+GATHERS = reference.GATHERS
 PARAM_DTYPES = [pytest.param(False, id="params_same"), pytest.param(True, id="params_fp32")]
 
 
 def op(name: str):
     return getattr(torch.ops.muxkernels, f"{name}_cuda")
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float | None = None) -> None:
-    """|actual - expected| <= tol * (|expected| + max |expected|), elementwise; tol defaults
-    to TOL[actual.dtype]."""
-    tol = TOL[actual.dtype] if tol is None else tol
-    assert actual.shape == expected.shape
-    assert not actual.isnan().any()
-    expected = expected.double()
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * scale)
-
-
-def draw(generator, *shape, dtype=torch.float64):
-    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
-
-
-def grads_of(fn, inputs: list[torch.Tensor], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The float64 gradients of fn(*inputs) (a reference function) for grad_out."""
-    leaves = [t.detach().double().requires_grad_() for t in inputs]
-    return torch.autograd.grad(fn(*leaves), leaves, grad_out.double())
 
 
 # (B', N, L, d): N = 1, L = 1, d odd and not a multiple of any vector width.
@@ -376,9 +327,9 @@ HADAMARD_SHAPES = [(2, 1, 1, 5), (2, 3, 1, 97), (1, 3, 4, 5), (2, 3, 2, 16)]
 
 def hadamard_bwd_inputs(shape, dtype, params_fp32, generator):
     groups, n, length, d = shape
-    e = draw(generator, *shape, dtype=dtype)
-    v = draw(generator, n, d, dtype=torch.float32 if params_fp32 else dtype)
-    dx = draw(generator, groups, length, d, dtype=dtype)
+    e = randn(*shape, generator=generator, dtype=dtype)
+    v = randn(n, d, generator=generator, dtype=torch.float32 if params_fp32 else dtype)
+    dx = randn(groups, length, d, generator=generator, dtype=dtype)
     return dx, e, v
 
 
@@ -390,7 +341,7 @@ def hadamard_bwd_inputs(shape, dtype, params_fp32, generator):
 def test_hadamard_mux_bwd_cpu(shape, dtype, params_fp32, vectors_grad, generator):
     dx, e, v = hadamard_bwd_inputs(shape, dtype, params_fp32, generator)
     d_e, d_v = op("hadamard_mux_bwd")(dx, e, v, vectors_grad)
-    want_e, want_v = grads_of(reference.hadamard_mux, [e, v], dx)
+    want_e, want_v = float64_grads(reference.hadamard_mux, [e, v], dx)
     assert d_e.dtype == e.dtype and d_v.dtype == v.dtype
     assert_close(d_e, want_e)
     if vectors_grad:
@@ -414,10 +365,10 @@ def embed_inputs(shape, dtype, params_fp32, generator) -> tuple:
 
     return (
         ids(VOCAB[0], groups, n, length),
-        *(draw(generator, size, d, dtype=dtype) for size in VOCAB),
-        1.0 + 0.1 * draw(generator, d, dtype=param_dtype),
-        0.1 * draw(generator, d, dtype=param_dtype),
-        draw(generator, n, d, dtype=param_dtype),
+        *(randn(size, d, generator=generator, dtype=dtype) for size in VOCAB),
+        1.0 + 0.1 * randn(d, generator=generator, dtype=param_dtype),
+        0.1 * randn(d, generator=generator, dtype=param_dtype),
+        randn(n, d, generator=generator, dtype=param_dtype),
         ids(VOCAB[1], groups, n, length),
         ids(VOCAB[2], groups, n, length),
         ids(VOCAB[1], groups, length),
@@ -457,10 +408,10 @@ def demux_inputs(case, dtype, params_fp32, generator) -> tuple:
     """(a, c, ln_weight, ln_bias, index, sequence_position)."""
     groups, n, length, d, a_groups = case
     param_dtype = torch.float32 if params_fp32 else dtype
-    a = draw(generator, a_groups, n, d, dtype=param_dtype)
-    c = draw(generator, groups, length, d, dtype=dtype)
-    ln_weight = 1.0 + 0.1 * draw(generator, d, dtype=param_dtype)
-    ln_bias = 0.1 * draw(generator, d, dtype=param_dtype)
+    a = randn(a_groups, n, d, generator=generator, dtype=param_dtype)
+    c = randn(groups, length, d, generator=generator, dtype=dtype)
+    ln_weight = 1.0 + 0.1 * randn(d, generator=generator, dtype=param_dtype)
+    ln_bias = 0.1 * randn(d, generator=generator, dtype=param_dtype)
     index = torch.randint(0, n, (groups, length), generator=generator)
     return a, c, ln_weight, ln_bias, index, length - 1
 
@@ -495,16 +446,15 @@ def test_demux_gather_fwd_cpu(case, gather, dtype, generator):
 def test_demux_gather_bwd_cpu(case, gather, dtype, generator):
     a, c, ln_weight, ln_bias, index, position = demux_inputs(case, dtype, False, generator)
     params = [a, c, ln_weight, ln_bias]
-    grad_u = draw(
-        generator, *op("demux_gather_fwd")(*params, EPS, gather, index, position).shape, dtype=dtype
-    )
+    shape = op("demux_gather_fwd")(*params, EPS, gather, index, position).shape
+    grad_u = randn(*shape, generator=generator, dtype=dtype)
     got = op("demux_gather_bwd")(grad_u, *params, EPS, gather, index, position)
-    want = grads_of(demux_reference(gather, index, position), params, grad_u)
+    want = float64_grads(demux_reference(gather, index, position), params, grad_u)
     for name, g, w, t in zip(
         ("da", "dc", "d_ln_weight", "d_ln_bias"), got, want, params, strict=True
     ):
         assert g.dtype == t.dtype, name
-        assert_close(g, w)
+        assert_close(g, w, what=name)
 
 
 @needs_extension
@@ -519,7 +469,7 @@ def test_demux_gather_fp32_params_with_half_data(gather, generator):
         a.double(), c.double(), ln_weight.double(), ln_bias.double()
     )
     assert out.dtype == torch.float16
-    assert_close(out, want, 2e-3)
+    assert_close(out, want)
 
 
 # ---------------------------------------------------------------------------
@@ -552,7 +502,7 @@ def test_opcheck_demux_gather(name, gather, generator):
     args = (a, c, ln_weight, ln_bias, EPS, gather, index, position)
     if name == "demux_gather_bwd":
         shape = op("demux_gather_fwd")(*args).shape
-        args = (draw(generator, *shape), *args)
+        args = (randn(*shape, generator=generator), *args)
     torch.library.opcheck(op(name), args)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ F64 = torch.float64
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return helpers.randn(*shape, generator=seed)
 
 
 def random_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:

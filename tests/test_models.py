@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BACKEND, assert_close
 
 import muxkernels
 from muxkernels.models import (
@@ -469,7 +470,7 @@ def test_cuda_model_matches_cpu_reference(n):
             model.retrieve(ids.cuda(), index.cuda(), mask.cuda()),
         )
     for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g.cpu(), e, rtol=1e-3, atol=1e-3)
+        assert_close(g, e, BACKEND)
 
 
 @pytest.mark.gpu

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import REFERENCE, assert_close
 from op_cases import runnable
 from published_reference import (
     make_spec,
@@ -91,7 +92,7 @@ def test_outputs_equal_the_published_model_on_padded_batches(published):
     model = MultiplexedModel.from_published(state, spec)
     ids, mask = padded_batch(spec)
     expected = published_logits(spec, state, ids, mask)
-    torch.testing.assert_close(model(ids, mask), expected, rtol=1e-10, atol=1e-10)
+    assert_close(model(ids, mask), expected, REFERENCE)
 
 
 def test_losses_equal_the_published_objective(published):
@@ -103,7 +104,7 @@ def test_losses_equal_the_published_objective(published):
     out = model(ids, mask, labels, generator=torch.Generator().manual_seed(9))
     expected = published_losses(spec, state, ids, labels, mask, torch.Generator().manual_seed(9))
     for got, want in zip(out[:3], expected, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+        assert_close(got, want, REFERENCE)
 
 
 def test_to_published_gives_back_every_key(published):
@@ -112,7 +113,7 @@ def test_to_published_gives_back_every_key(published):
     back, values = to_published(model)
     assert back.keys() == state.keys()
     for key, tensor in state.items():
-        torch.testing.assert_close(back[key], tensor, rtol=1e-12, atol=1e-12, msg=key)
+        assert_close(back[key], tensor, REFERENCE, what=key)
     assert config_from_published(values) == model.config
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import REFERENCE, assert_close
 from published_reference import make_spec, published_logits, random_published_state
 
 from muxkernels.models import InputsEmbedsEncoder, MultiplexedModel, MuxConfig
@@ -48,9 +49,9 @@ def test_hugging_face_encoder_gives_the_published_outputs(case):
     assert model.embeddings is model.encoder.model.embeddings
     ids, mask = padded_batch(spec)
     expected = published_logits(spec, state, ids, mask)
-    torch.testing.assert_close(model(ids, mask), expected, rtol=1e-10, atol=1e-10)
+    assert_close(model(ids, mask), expected, REFERENCE)
     builtin = MultiplexedModel.from_published(state, spec)
-    torch.testing.assert_close(builtin(ids, mask), expected, rtol=1e-10, atol=1e-10)
+    assert_close(builtin(ids, mask), expected, REFERENCE)
 
 
 @pytest.mark.parametrize("family", ["roberta", "bert", "electra"])

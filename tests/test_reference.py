@@ -11,6 +11,7 @@ import itertools
 import loops
 import pytest
 import torch
+from helpers import REFERENCE, assert_close
 
 import muxkernels as mk
 from muxkernels import reference as ref
@@ -18,13 +19,12 @@ from muxkernels import transforms
 from muxkernels.bench import published
 
 EPS = 1e-5
-F64 = {"rtol": 1e-9, "atol": 1e-10}
 
 SHAPES = [
     pytest.param(groups, n, length, d, id=f"G{groups}-N{n}-L{length}-d{d}")
     for groups, n, length, d in itertools.product((1, 2), (1, 3), (1, 4), (5, 7))
 ]
-GATHERS = ("token", "sequence", "selected")
+GATHERS = ref.GATHERS
 
 
 # --- multiplexers -------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def test_mux_matches_loops(randn, kind, impl, groups, n, length, d):
     params = mux_params(kind, randn, n, d)
     out = run_mux(kind, impl, embeddings, params)
     assert out.shape == (groups, length, d)
-    torch.testing.assert_close(out, run_mux(kind, "loop", embeddings, params), **F64)
+    assert_close(out, run_mux(kind, "loop", embeddings, params), REFERENCE)
 
 
 BACKWARDS = {
@@ -86,29 +86,29 @@ def test_mux_backward(randn, kind, groups, n, length, d):
     grad_out = randn(groups, length, d)
     d_e, d_t = backward(embeddings, transform, grad_out, **{flag: True})
     loop_de, loop_dt = loop_backward(embeddings, transform, grad_out)
-    torch.testing.assert_close(d_e, loop_de, **F64)
-    torch.testing.assert_close(d_t, loop_dt, **F64)
+    assert_close(d_e, loop_de, REFERENCE)
+    assert_close(d_t, loop_dt, REFERENCE)
 
     e, t = embeddings.requires_grad_(), transform.requires_grad_()
     auto_de, auto_dt = torch.autograd.grad(forward(e, t), (e, t), grad_out)
-    torch.testing.assert_close(d_e, auto_de, **F64)
-    torch.testing.assert_close(d_t, auto_dt, **F64)
+    assert_close(d_e, auto_de, REFERENCE)
+    assert_close(d_t, auto_dt, REFERENCE)
 
     d_e_only, none = backward(e, t, grad_out, **{flag: False})
     assert none is None
-    torch.testing.assert_close(d_e_only, loop_de, **F64)
+    assert_close(d_e_only, loop_de, REFERENCE)
 
 
 @pytest.mark.parametrize(("n", "d"), [(1, 5), (3, 5), (3, 6), (3, 7), (4, 7), (2, 8)])
 def test_lowrank_factored_equals_dense(randn, generator, n, d):
     u, h = transforms.lowrank_factors(n, d, generator=generator, dtype=torch.float64)
     dense = ref.lowrank_dense(u, h, n)
-    torch.testing.assert_close(dense, loops.lowrank_dense(u, h, n), **F64)
+    assert_close(dense, loops.lowrank_dense(u, h, n), REFERENCE)
     embeddings = randn(2, n, 3, d)
     factored = mk.lowrank_ortho_mux(embeddings, u, h, backend="reference")
     dense_out = mk.ortho_mux(embeddings, dense, backend="reference")
-    torch.testing.assert_close(factored, dense_out, **F64)
-    torch.testing.assert_close(factored, ref.ortho_mux(embeddings, dense), **F64)
+    assert_close(factored, dense_out, REFERENCE)
+    assert_close(factored, ref.ortho_mux(embeddings, dense), REFERENCE)
 
 
 @pytest.mark.parametrize("kind", list(MUX))
@@ -208,7 +208,7 @@ def test_demux_matches_loops(randn, generator, op, gather, impl, groups, n, leng
     floats, index = demux_inputs(op, randn, generator, groups, n, length, d, gather)
     out = run_demux(op, impl, floats, n, gather, index)
     assert out.shape == expected_demux_shape(op, gather, groups, n, length, d)
-    torch.testing.assert_close(out, run_demux(op, "loop", floats, n, gather, index), **F64)
+    assert_close(out, run_demux(op, "loop", floats, n, gather, index), REFERENCE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -218,8 +218,7 @@ def test_index_demux_split_equals_concat(randn, generator, dtype, groups, n, len
     floats = [t.to(dtype) for t in floats]
     split = ref.index_demux(*floats, n, EPS, "token")
     concat = published.index_demux_token(*floats, n, EPS)  # the published (…, 2d) form
-    tol = F64 if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    torch.testing.assert_close(split, concat, **tol)
+    assert_close(split, concat, REFERENCE)
 
 
 # --- gradcheck of the public ops ------------------------------------------------------------
@@ -247,39 +246,35 @@ def test_demux_gradcheck(randn, generator, op, gather):
 
 # --- low-precision inputs ---------------------------------------------------------------------
 
+# (data dtype, parameter dtype); the bound: REFERENCE of muxkernels._tolerances.
 LOW_PRECISION = [
-    pytest.param(torch.float32, torch.float32, 1e-5, id="fp32"),
-    pytest.param(torch.float16, torch.float16, 2**-10, id="fp16"),
-    pytest.param(torch.float16, torch.float32, 2**-10, id="fp16-fp32params"),
-    pytest.param(torch.bfloat16, torch.bfloat16, 2**-7, id="bf16"),
-    pytest.param(torch.bfloat16, torch.float32, 2**-7, id="bf16-fp32params"),
+    pytest.param(torch.float32, torch.float32, id="fp32"),
+    pytest.param(torch.float16, torch.float16, id="fp16"),
+    pytest.param(torch.float16, torch.float32, id="fp16-fp32params"),
+    pytest.param(torch.bfloat16, torch.bfloat16, id="bf16"),
+    pytest.param(torch.bfloat16, torch.float32, id="bf16-fp32params"),
 ]
 
 
-def assert_close_to_float64(out, expected, dtype, tol):
-    """Same dtype as the input; error within ``tol`` of the output's magnitude."""
-    assert out.dtype == dtype
-    err = (out.double() - expected).abs().max().item()
-    assert err <= tol * expected.abs().max().item(), f"max error {err:.3g}"
-
-
-@pytest.mark.parametrize(("dtype", "param_dtype", "tol"), LOW_PRECISION)
+@pytest.mark.parametrize(("dtype", "param_dtype"), LOW_PRECISION)
 @pytest.mark.parametrize("kind", list(MUX))
-def test_mux_low_precision(randn, kind, dtype, param_dtype, tol):
+def test_mux_low_precision(randn, kind, dtype, param_dtype):
     n, d = 3, 16
     embeddings = randn(2, n, 4, d, dtype=dtype)
     params = [p.to(param_dtype) for p in mux_params(kind, randn, n, d)]
     out = run_mux(kind, "public", embeddings, params)
     expected = run_mux(kind, "public", embeddings.double(), [p.double() for p in params])
-    assert_close_to_float64(out, expected, dtype, tol)
+    assert out.dtype == dtype
+    assert_close(out, expected, REFERENCE)
 
 
-@pytest.mark.parametrize(("dtype", "param_dtype", "tol"), LOW_PRECISION)
+@pytest.mark.parametrize(("dtype", "param_dtype"), LOW_PRECISION)
 @pytest.mark.parametrize(("op", "gather"), DEMUX_CASES)
-def test_demux_low_precision(randn, generator, op, gather, dtype, param_dtype, tol):
+def test_demux_low_precision(randn, generator, op, gather, dtype, param_dtype):
     n = 3
     floats, index = demux_inputs(op, randn, generator, 2, n, 4, 16, gather)
     floats = [floats[0].to(dtype)] + [t.to(param_dtype) for t in floats[1:]]
     out = run_demux(op, "public", floats, n, gather, index)
     expected = run_demux(op, "public", [t.double() for t in floats], n, gather, index)
-    assert_close_to_float64(out, expected, dtype, tol)
+    assert out.dtype == dtype
+    assert_close(out, expected, REFERENCE)

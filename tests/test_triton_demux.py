@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 
 import triton
 import triton.language as tl
-from triton_checks import mlp_reference
+from helpers import REFERENCE, assert_close, float64, float64_grads, mlp_reference, nan_like
 
 import muxkernels._triton
 from muxkernels import _opdefs
@@ -40,9 +40,7 @@ from muxkernels._triton import mlp_demux as md  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 EPS = 1e-5
-# Allowed error relative to the largest reference magnitude, per dtype.
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3}
-GATHERS = ("token", "sequence", "selected")
+GATHERS = ref.GATHERS
 # (B', N, L', d, Ga): a general case, a shared a with tiny d, all ones, B'=1, N=1, L'=1.
 CASES = [
     pytest.param((2, 3, 6, 97, 2), id="B2-N3-L6-d97"),
@@ -52,19 +50,6 @@ CASES = [
     pytest.param((2, 1, 6, 5, 2), id="B2-N1-L6-d5"),
     pytest.param((2, 3, 1, 97, 1), id="B2-N3-L1-d97-Ga1"),
 ]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
-    """|actual − expected| <= tol·(|expected| + max|expected|), elementwise."""
-    assert actual.shape == expected.shape
-    expected = expected.double().cpu()
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual.double().cpu(), expected, rtol=tol, atol=tol * scale)
-
-
-def poisoned(like: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-    shape = tuple(like.shape) if shape is None else shape
-    return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
 
 
 def demux_inputs(randn, generator, case, dtype, param_dtype=None, gather="token"):
@@ -90,10 +75,6 @@ def positions(case, gather: str) -> list[int]:
     return [0, n] if gather == "sequence" and length > n else [0]
 
 
-def f64(*tensors):
-    return [None if t is None else t.double() for t in tensors]
-
-
 # --- demux_gather_fwd -----------------------------------------------------------------------
 
 
@@ -104,12 +85,12 @@ def test_gather_forward(randn, generator, case, gather, dtype):
     param_dtype = torch.float32 if dtype == torch.float16 else dtype
     a, c, w, b, index = demux_inputs(randn, generator, case, dtype, param_dtype, gather)
     for position in positions(case, gather):
-        expected = ref.demux_gather(*f64(a, c, w, b), EPS, gather, index, position)
+        expected = ref.demux_gather(*float64(a, c, w, b), EPS, gather, index, position)
         out = dg.demux_gather_fwd(
-            a, c, w, b, EPS, gather, index, position, out=poisoned(c, expected.shape)
+            a, c, w, b, EPS, gather, index, position, out=nan_like(c, expected.shape)
         )
         assert out.dtype == dtype
-        assert_close(out, expected, TOL[dtype])
+        assert_close(out, expected)
 
 
 def test_gather_forward_shares_a_between_groups(randn, generator):
@@ -124,19 +105,21 @@ def test_gather_forward_wide_rows(randn, generator):
     """d = 1000: the row split 512 + 488 (masked to 512) and a single-row tile."""
     case = (1, 2, 3, 1000, 1)
     a, c, w, b, _ = demux_inputs(randn, generator, case, torch.float32)
-    expected = ref.demux_gather(*f64(a, c, w, b), EPS, "token", None, 0)
-    out = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, out=poisoned(c, expected.shape))
-    assert_close(out, expected, TOL[torch.float32])
+    expected = ref.demux_gather(*float64(a, c, w, b), EPS, "token", None, 0)
+    out = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, out=nan_like(c, expected.shape))
+    assert_close(out, expected)
 
 
 # --- demux_gather_bwd -----------------------------------------------------------------------
 
 
 def reference_grads(grad_u, a, c, w, b, gather, index, position):
-    """torch.autograd.grad of the float64 reference with respect to (a, c, ln_weight, ln_bias)."""
-    inputs = [t.detach().double().requires_grad_() for t in (a, c, w, b)]
-    u = ref.demux_gather(*inputs, EPS, gather, index, position)
-    return torch.autograd.grad(u, inputs, grad_u.double())
+    """The float64 reference's gradients with respect to (a, c, ln_weight, ln_bias)."""
+
+    def u(*inputs):
+        return ref.demux_gather(*inputs, EPS, gather, index, position)
+
+    return float64_grads(u, (a, c, w, b), grad_u)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -147,14 +130,14 @@ def test_gather_backward(randn, generator, case, gather, dtype):
     for position in positions(case, gather):
         shape = _opdefs.gather_shape(a, c, gather, c.shape[2])
         grad_u = randn(*shape, dtype=dtype).to(DEVICE)
-        outs = [poisoned(t) for t in (a, c, w, b)]
+        outs = [nan_like(t) for t in (a, c, w, b)]
         grads = dg.demux_gather_bwd(grad_u, a, c, w, b, EPS, gather, index, position, *outs)
         expected = reference_grads(grad_u, a, c, w, b, gather, index, position)
         for name, got, want, like in zip(
             ["a", "c", "w", "b"], grads, expected, (a, c, w, b), strict=True
         ):
             assert got.dtype == like.dtype, name
-            assert_close(got, want, TOL[dtype] * 10)
+            assert_close(got, want, what=name)
 
 
 def test_gather_backward_is_deterministic(randn, generator):
@@ -177,12 +160,12 @@ def test_project_forward(randn, generator, gather, k, bias):
     a, c, w, b, index = demux_inputs(randn, generator, case, torch.float32, gather=gather)
     pw = randn(k, 97, scale=97**-0.5, dtype=torch.float32).to(DEVICE)
     pb = randn(k, dtype=torch.float32).to(DEVICE) if bias else None
-    u = ref.demux_gather(*f64(a, c, w, b), EPS, gather, index, 3)
+    u = ref.demux_gather(*float64(a, c, w, b), EPS, gather, index, 3)
     expected = u @ pw.double().T + (pb.double() if bias else 0)
     out = dg.demux_project_fwd(
-        a, c, w, b, EPS, gather, index, 3, pw, pb, out=poisoned(c, expected.shape)
+        a, c, w, b, EPS, gather, index, 3, pw, pb, out=nan_like(c, expected.shape)
     )
-    assert_close(out, expected, TOL[torch.float32])
+    assert_close(out, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
@@ -193,11 +176,11 @@ def test_project_forward_dtypes(randn, generator, case, dtype):
     d = case[3]
     pw = randn(17, d, scale=d**-0.5, dtype=param_dtype).to(DEVICE)
     pb = randn(17, dtype=param_dtype).to(DEVICE)
-    expected = ref.demux_gather(*f64(a, c, w, b), EPS, "token", None, 0) @ pw.double().T
+    expected = ref.demux_gather(*float64(a, c, w, b), EPS, "token", None, 0) @ pw.double().T
     expected = expected + pb.double()
     out = dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw, pb)
     assert out.dtype == dtype
-    assert_close(out, expected, TOL[dtype])
+    assert_close(out, expected, REFERENCE)
 
 
 # --- mlp_demux ------------------------------------------------------------------------------
@@ -220,10 +203,10 @@ def mlp_inputs(randn, case, dtype):
 @pytest.mark.parametrize("case", MLP_CASES)
 def test_mlp_forward(randn, case, dtype):
     pre, bias, w, b = mlp_inputs(randn, case, dtype)
-    expected = mlp_reference(*f64(pre, bias, w, b), EPS)
-    out = md.mlp_demux_fwd(pre, bias, w, b, EPS, out=poisoned(pre, expected.shape))
+    expected = mlp_reference(*float64(pre, bias, w, b), EPS)
+    out = md.mlp_demux_fwd(pre, bias, w, b, EPS, out=nan_like(pre, expected.shape))
     assert out.dtype == dtype
-    assert_close(out, expected, TOL[dtype])
+    assert_close(out, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -232,13 +215,14 @@ def test_mlp_backward(randn, case, dtype):
     pre, bias, w, b = mlp_inputs(randn, case, dtype)
     groups, n, length, d = case
     grad_u = randn(groups, n, length, d, dtype=dtype).to(DEVICE)
-    outs = [poisoned(t) for t in (pre, bias, w, b)]
+    outs = [nan_like(t) for t in (pre, bias, w, b)]
     grads = md.mlp_demux_bwd(grad_u, pre, bias, w, b, EPS, *outs)
-    inputs = [t.double().requires_grad_() for t in (pre, bias, w, b)]
-    expected = torch.autograd.grad(mlp_reference(*inputs, EPS), inputs, grad_u.double())
-    for got, want, like in zip(grads, expected, (pre, bias, w, b), strict=True):
-        assert got.dtype == like.dtype
-        assert_close(got, want, TOL[dtype] * 10)
+    expected = float64_grads(lambda *x: mlp_reference(*x, EPS), (pre, bias, w, b), grad_u)
+    for name, got, want, like in zip(
+        ("pre", "bias", "w", "b"), grads, expected, (pre, bias, w, b), strict=True
+    ):
+        assert got.dtype == like.dtype, name
+        assert_close(got, want, what=name)
 
 
 # --- the registered operators ---------------------------------------------------------------

@@ -4,7 +4,8 @@ by the Triton interpreter on the CPU (TRITON_INTERPRET=1), against the float64 r
 Inputs are rounded to the dtype under test, then the reference runs in float64 on the same
 values; errors are bounded relative to the magnitude of the terms summed (the reference on
 the inputs' absolute values), so cancellation cannot hide or fake an error. Outputs are
-preallocated full of NaN, so an element a kernel does not write fails the test. Shapes are
+preallocated full of NaN, so an element a kernel does not write fails the test. Bounds:
+the KERNEL table of muxkernels._tolerances, at the data's dtype. Shapes are
 odd on purpose: N in {1, 3}, d in {5, 16, 97} (never a multiple of N = 3, so the low-rank
 blocks leave d - N·c columns unused), L in {1, 4, 20}, B' in {1, 2}; the last shape spans
 several programs along rows and row tiles that straddle groups.
@@ -25,7 +26,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 if not _triton.load():
     pytest.skip(f"triton is unavailable: {_triton.load_error()!r}", allow_module_level=True)
 
-from triton_checks import multiplex_tables
+from helpers import KERNEL, assert_close, magnitude, multiplex_tables, nan_like
 
 SHAPES = [
     pytest.param(groups, n, length, d, id=f"G{groups}-N{n}-L{length}-d{d}")
@@ -44,10 +45,6 @@ DTYPES = [
     pytest.param(torch.float16, torch.float16, id="float16"),
     pytest.param(torch.float16, torch.float32, id="float16-fp32params"),
 ]
-# Error bound: RTOL[data dtype] * magnitude + ATOL[data dtype].
-RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}
-ATOL = {torch.float64: 1e-300, torch.float32: 1e-38, torch.float16: 2.0**-24}
-
 KINDS, FORWARD, BACKWARD, OPS = multiplex_tables()
 
 
@@ -71,21 +68,6 @@ def reference_backward(kind: str, e, params, dx) -> tuple[torch.Tensor, ...]:
     return torch.autograd.grad(ref.lowrank_ortho_mux(*leaves), leaves, dx)
 
 
-def poisoned(*likes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.full_like(t, float("nan")) for t in likes)
-
-
-def assert_within(name: str, got, want, magnitude, data_dtype, dtype) -> None:
-    """|got - want| <= RTOL * magnitude + ATOL elementwise, got of dtype ``dtype``, no NaN."""
-    assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert not got.isnan().any(), f"{name}: NaN left in the output (an element was not written)"
-    err = (got.double() - want.double()).abs()
-    bound = RTOL[data_dtype] * magnitude.double() + ATOL[data_dtype]
-    worst = (err / bound).max().item()
-    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} is {worst:.3g}x the bound"
-
-
 @pytest.mark.parametrize(("dtype", "param_dtype"), DTYPES)
 @pytest.mark.parametrize(("groups", "n", "length", "d"), SHAPES)
 @pytest.mark.parametrize("kind", KINDS)
@@ -93,12 +75,11 @@ def test_forward_matches_reference(randn, kind, groups, n, length, d, dtype, par
     e = randn(groups, n, length, d, dtype=dtype)
     params = make_params(kind, randn, n, d, param_dtype)
     launcher, reference = FORWARD[kind]
-    (out,) = poisoned(e.new_empty((groups, length, d)))
+    out = nan_like(e, (groups, length, d))
     got = launcher(e, *params, out=out)
     assert got is out
     want = reference(e.double(), *(p.double() for p in params))
-    magnitude = reference(e.double().abs(), *(p.double().abs() for p in params))
-    assert_within("x", got, want, magnitude, dtype, dtype)
+    assert_close(got, want, KERNEL, magnitude=magnitude(reference, e, *params), what="x")
 
 
 @pytest.mark.parametrize(("dtype", "param_dtype"), DTYPES)
@@ -108,16 +89,17 @@ def test_backward_matches_reference(randn, kind, groups, n, length, d, dtype, pa
     e = randn(groups, n, length, d, dtype=dtype)
     params = make_params(kind, randn, n, d, param_dtype)
     dx = randn(groups, length, d, dtype=dtype)
-    outs = poisoned(e, *params)
+    outs = tuple(nan_like(t) for t in (e, *params))
     grads = BACKWARD[kind](dx, e, *params, True, *outs)
     assert all(got is out for got, out in zip(grads, outs, strict=True))
     wants = reference_backward(kind, e, params, dx)
     magnitudes = reference_backward(kind, e.abs(), tuple(p.abs() for p in params), dx.abs())
     names = ("dE", *(f"d{i}" for i in range(len(params))))
-    for name, got, want, magnitude, like in zip(
+    for name, got, want, size, like in zip(
         names, grads, wants, magnitudes, (e, *params), strict=True
     ):
-        assert_within(name, got, want, magnitude, dtype, like.dtype)
+        assert got.dtype == like.dtype, name
+        assert_close(got, want, KERNEL, dtype=dtype, magnitude=size, what=name)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_close, randn
 
 from muxkernels import reference
 
@@ -37,8 +38,6 @@ DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.floa
 GATHER_CODES = {"token": 0, "sequence": 1, "selected": 2}
 GUARD = 64  # elements on each side of every buffer
 EPS = 1e-5
-RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
-ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-4, torch.bfloat16: 1e-3}
 
 if shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_runtime.h").is_file():
     pytest.skip("needs g++ and the CUDA headers", allow_module_level=True)
@@ -124,22 +123,9 @@ def finish(code: int, outputs, inputs) -> None:
     assert all(b.guards_unchanged() for b in inputs), "an input was written"
 
 
-def assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    assert got.shape == want.shape, what
-    got64, want = got.double(), want.double()
-    assert not got64.isnan().any(), f"{what}: NaN (an unwritten element or a bad read)"
-    limit = RTOL[got.dtype] * want.abs() + ATOL[got.dtype] * want.abs().max()
-    worst = ((got64 - want).abs() / limit).max().item()
-    assert worst <= 1.0, f"{what}: the error exceeds the bound {worst:.3g}x"
-
-
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(7)
-
-
-def randn(gen, *shape, dtype):
-    return torch.randn(*shape, generator=gen).to(dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -154,14 +140,17 @@ HADAMARD_SHAPES = [(2, 1, 5, 5), (2, 3, 1, 97), (3, 5, 7, 768), (1, 3, 2, 1029),
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
 def test_hadamard_mux_fwd(dtype, shape, shift, gen):
     groups, n, length, d = shape
-    e, v = guarded(randn(gen, *shape, dtype=dtype), shift), guarded(randn(gen, n, d, dtype=dtype))
+    e, v = (
+        guarded(randn(*shape, generator=gen, dtype=dtype), shift),
+        guarded(randn(n, d, generator=gen, dtype=dtype)),
+    )
     out = Guarded((groups, length, d), dtype, shift)
     code = LIB.emu_hadamard_mux_fwd(
         e.ptr, v.ptr, out.ptr, I64(groups), I64(n), I64(length), I64(d),
         DTYPE_CODES[dtype], DTYPE_CODES[dtype],
     )  # fmt: skip
     finish(code, [out], [e, v])
-    assert_close(out.tensor, reference.hadamard_mux(e.tensor.double(), v.tensor.double()), "x")
+    assert_close(out.tensor, reference.hadamard_mux(e.tensor.double(), v.tensor.double()), what="x")
 
 
 @pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "misaligned"])
@@ -171,9 +160,9 @@ def test_hadamard_mux_fwd(dtype, shape, shift, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_hadamard_mux_bwd(dtype, shape, v_fp32, vectors_grad, shift, gen):
     groups, n, length, d = shape
-    e = guarded(randn(gen, *shape, dtype=dtype), shift)
-    v = guarded(randn(gen, n, d, dtype=torch.float32 if v_fp32 else dtype), shift)
-    dx = guarded(randn(gen, groups, length, d, dtype=dtype), shift)
+    e = guarded(randn(*shape, generator=gen, dtype=dtype), shift)
+    v = guarded(randn(n, d, generator=gen, dtype=torch.float32 if v_fp32 else dtype), shift)
+    dx = guarded(randn(groups, length, d, generator=gen, dtype=dtype), shift)
     d_e = Guarded(shape, dtype, shift)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     chunks = LIB.emu_hadamard_mux_bwd_chunks(I64(groups * length), I64(n))
@@ -187,9 +176,9 @@ def test_hadamard_mux_bwd(dtype, shape, v_fp32, vectors_grad, shift, gen):
     want_e, want_v = reference.hadamard_mux_backward(
         e.tensor.double(), v.tensor.double(), dx.tensor.double(), vectors_grad=True
     )
-    assert_close(d_e.tensor, want_e, "dE")
+    assert_close(d_e.tensor, want_e, what="dE")
     if vectors_grad:  # the caller's sum over chunks, as csrc/bindings/hadamard_mux.cpp does it
-        assert_close((partial.tensor.sum(0) / n).to(v.tensor.dtype), want_v, "dv")
+        assert_close((partial.tensor.sum(0) / n).to(v.tensor.dtype), want_v, what="dv")
 
 
 # ---------------------------------------------------------------------------
@@ -217,10 +206,10 @@ def test_embed_mux_fwd(dtype, shape, params_fp32, shift, gen):
     id_bufs = [ids(VOCAB[0], groups, n, length), ids(VOCAB[1], groups, n, length),
                ids(VOCAB[2], groups, n, length), ids(VOCAB[1], groups, length),
                ids(VOCAB[2], groups, length)]  # fmt: skip
-    tables = [guarded(randn(gen, size, d, dtype=dtype), shift) for size in VOCAB]
-    params = [guarded(1 + 0.1 * randn(gen, d, dtype=param_dtype)),
-              guarded(0.1 * randn(gen, d, dtype=param_dtype)),
-              guarded(randn(gen, n, d, dtype=param_dtype))]  # fmt: skip
+    tables = [guarded(randn(size, d, generator=gen, dtype=dtype), shift) for size in VOCAB]
+    params = [guarded(1 + 0.1 * randn(d, generator=gen, dtype=param_dtype)),
+              guarded(0.1 * randn(d, generator=gen, dtype=param_dtype)),
+              guarded(randn(n, d, generator=gen, dtype=param_dtype))]  # fmt: skip
     out = Guarded((groups, length, d), dtype, shift)
     code = LIB.emu_embed_mux_fwd(
         pointers(*id_bufs), pointers(*tables), pointers(*params),
@@ -232,7 +221,7 @@ def test_embed_mux_fwd(dtype, shape, params_fp32, shift, gen):
     word, pos, typ = (b.tensor.double() for b in tables)
     w, b, v = (b.tensor.double() for b in params)
     want = reference.embed_mux(i, word, pos, typ, w, b, v, p, t, mp, mt, EPS)
-    assert_close(out.tensor, want, "x")
+    assert_close(out.tensor, want, what="x")
 
 
 # ---------------------------------------------------------------------------
@@ -260,10 +249,10 @@ DEMUX_CASES = [
 def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     groups, n, length, d, a_groups = case
     param_dtype = torch.float32 if params_fp32 else dtype
-    a = guarded(randn(gen, a_groups, n, d, dtype=param_dtype), shift)
-    c = guarded(randn(gen, groups, length, d, dtype=dtype), shift)
-    w = guarded(1 + 0.1 * randn(gen, d, dtype=param_dtype), shift)
-    b = guarded(0.1 * randn(gen, d, dtype=param_dtype), shift)
+    a = guarded(randn(a_groups, n, d, generator=gen, dtype=param_dtype), shift)
+    c = guarded(randn(groups, length, d, generator=gen, dtype=dtype), shift)
+    w = guarded(1 + 0.1 * randn(d, generator=gen, dtype=param_dtype), shift)
+    b = guarded(0.1 * randn(d, generator=gen, dtype=param_dtype), shift)
     index = guarded(torch.randint(0, n, (groups, length), generator=gen))
     position = min(n, length - 1)
     args = (
@@ -281,9 +270,9 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     shape = tuple(want_u.shape)  # the gather's output shape, as the reference gives it
     u = Guarded(shape, dtype, shift)
     finish(LIB.emu_demux_gather_fwd(*args, u.ptr), [u], inputs)
-    assert_close(u.tensor, want_u, "u")
+    assert_close(u.tensor, want_u, what="u")
 
-    grad_u = guarded(randn(gen, *shape, dtype=dtype), shift)
+    grad_u = guarded(randn(*shape, generator=gen, dtype=dtype), shift)
     want = torch.autograd.grad(want_u, leaves, grad_u.tensor.double())
     dc = Guarded((groups, length, d), dtype, shift)
     if gather == "sequence":  # as the binding does: positions not read keep zero
@@ -304,4 +293,4 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     ln = ln_partial.tensor.sum(1)
     got = (da.to(param_dtype), dc.tensor, ln[0].to(param_dtype), ln[1].to(param_dtype))
     for name, g, expected in zip(("da", "dc", "d_ln_weight", "d_ln_bias"), got, want, strict=True):
-        assert_close(g, expected, name)
+        assert_close(g, expected, what=name)

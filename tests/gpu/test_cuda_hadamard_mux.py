@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cuda_checks import require_cuda_extension
+from helpers import (
+    KERNEL,
+    assert_close,
+    magnitude,
+    on_poisoned_memory,
+    randn,
+    require_cuda_extension,
+)
+
+from muxkernels import reference
 
 pytestmark = [pytest.mark.gpu, pytest.mark.extension]
 
@@ -19,10 +28,6 @@ require_cuda_extension()
 
 DEVICE = torch.device("cuda")
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
-# Error bound: RTOL[dtype] * (1/N) Σ_i |v_i E_i| (relative to the magnitudes summed, so
-# cancellation is covered) + ATOL[dtype] (the rounding of subnormal float16 outputs).
-RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-ATOL = {torch.float64: 1e-300, torch.float32: 1e-38, torch.float16: 2.0**-24, torch.bfloat16: 1e-38}
 
 
 def op(e: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -33,50 +38,24 @@ def dtype_id(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def randn(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(DEVICE, dtype)
-
-
-def misaligned(shape: tuple[int, ...], dtype: torch.dtype, generator) -> torch.Tensor:
-    """A contiguous tensor whose data starts one element past a 16-byte boundary."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    buffer = randn(numel + 1, dtype=dtype, generator=generator)
-    view = buffer[1:].view(shape)
-    assert view.is_contiguous() and view.data_ptr() % 16 != 0
-    return view
-
-
 def poisoned_call(e: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Runs the op after filling a freed block of its output's size with NaN, so that the
-    caching allocator most likely hands that block to the output: a skipped element stays
-    NaN."""
+    """The op, its output most likely in a block just filled with NaN."""
     numel = e.shape[0] * e.shape[2] * e.shape[3]
-    poison = torch.full((numel,), float("nan"), dtype=e.dtype, device=e.device)
-    del poison
-    out = op(e, v)
-    torch.cuda.synchronize()
-    return out
+    return on_poisoned_memory(lambda: op(e, v), numel, e.dtype, e.device)
 
 
 def assert_matches(out: torch.Tensor, e: torch.Tensor, v: torch.Tensor) -> None:
-    """Compares with the float64 formula on the same (already rounded) inputs."""
+    """Compares with the float64 formula on the same (already rounded) inputs, relative to
+    the magnitude of the terms summed (so cancellation is covered)."""
     assert out.shape == (e.shape[0], e.shape[2], e.shape[3])
     assert out.dtype == e.dtype and out.device == e.device and out.is_contiguous()
-    products = e.double() * v.double()[None, :, None, :]
-    want = products.sum(1) / e.shape[1]
-    bound = products.abs().sum(1) / e.shape[1]
-    got = out.double()
-    assert not got.isnan().any(), "NaN in the output: an element was not written"
-    err = (got - want).abs()
-    worst = (err / (RTOL[e.dtype] * bound + ATOL[e.dtype])).max().item()
-    assert worst <= 1.0, f"error {err.max().item():.3g} exceeds the bound by {worst:.3g}x"
+    want = reference.hadamard_mux(e.double(), v.double())
+    assert_close(out, want, KERNEL, magnitude=magnitude(reference.hadamard_mux, e, v))
 
 
 @pytest.fixture
 def generator() -> torch.Generator:
-    return torch.Generator().manual_seed(20240611)
+    return torch.Generator(device=DEVICE).manual_seed(20240611)
 
 
 @pytest.mark.parametrize("vectors_fp32", [False, True], ids=["v_same", "v_fp32"])
@@ -97,11 +76,11 @@ def test_misaligned_views(dtype, d, which, generator):
     must take the element-wise path (or read the vectors element by element)."""
     n, shape = 3, (2, 3, 4, d)
     if which in ("embeddings", "both"):
-        e = misaligned(shape, dtype, generator)
+        e = randn(*shape, dtype=dtype, generator=generator, misaligned=True)
     else:
         e = randn(*shape, dtype=dtype, generator=generator)
     if which in ("vectors", "both"):
-        v = misaligned((n, d), torch.float32, generator)
+        v = randn(n, d, dtype=torch.float32, generator=generator, misaligned=True)
     else:
         v = randn(n, d, dtype=torch.float32, generator=generator)
     assert_matches(poisoned_call(e, v), e, v)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cuda_checks import require_cuda_extension
+from helpers import KERNEL, assert_close, on_poisoned_memory, randn, require_cuda_extension
 
 from muxkernels import _opdefs, _triton, reference
 
@@ -27,11 +27,7 @@ require_cuda_extension()
 DEVICE = torch.device("cuda")
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]
 EPS = 1e-5
-GATHERS = ("token", "sequence", "selected")
-# |got - want| <= RTOL * |want| + ATOL * max |want|: RTOL covers the rounding of the output
-# (twice the unit roundoff), ATOL the fp32 (fp64) arithmetic relative to the tensor's scale.
-RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
-ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-4, torch.bfloat16: 1e-3}
+GATHERS = reference.GATHERS
 
 
 def dtype_id(dtype: torch.dtype) -> str:
@@ -51,41 +47,14 @@ def gen() -> torch.Generator:
     return torch.Generator(device=DEVICE).manual_seed(20240611)
 
 
-def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype, misaligned: bool = False):
-    """Normal samples on the GPU; misaligned: a contiguous view starting one element past a
-    16-byte boundary (a slice of a larger buffer), which forces the element-wise path."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    offset = 1 if misaligned else 0
-    buffer = torch.randn(numel + offset, generator=gen, device=DEVICE).to(dtype)
-    view = buffer[offset:].view(shape)
-    assert view.is_contiguous() and (view.data_ptr() % 16 != 0) == misaligned
-    return view
-
-
 def poisoned(fn, numel: int, dtype: torch.dtype):
-    """Runs fn after filling a freed block of `numel` elements with NaN, so that the caching
-    allocator most likely hands that block to the operator's (first) output: an element
-    the kernel skips stays NaN."""
-    poison = torch.full((numel,), float("nan"), dtype=dtype, device=DEVICE)
-    del poison
-    result = fn()
-    torch.cuda.synchronize()
-    return result
+    return on_poisoned_memory(fn, numel, dtype, DEVICE)
 
 
-def assert_close(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
-    """Compares got (in its dtype) with the float64 want; tolerances from got's dtype."""
-    assert got.shape == want.shape, what
+def check(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """A contiguous CUDA result within the kernel bound of the float64 ``want``."""
     assert got.device.type == "cuda" and got.is_contiguous(), what
-    got64 = got.double()
-    assert not got64.isnan().any(), f"{what}: NaN in the output (an element was not written)"
-    want = want.double()
-    err = (got64 - want).abs()
-    limit = RTOL[got.dtype] * want.abs() + ATOL[got.dtype] * want.abs().max()
-    worst = (err / limit).max().item()
-    assert worst <= 1.0, f"{what}: error {err.max().item():.3g} exceeds the bound by {worst:.3g}x"
+    assert_close(got, want, KERNEL, what=what)
 
 
 def triton_op(name: str):
@@ -102,21 +71,23 @@ def triton_op(name: str):
 
 def hadamard_inputs(gen, shape, dtype, v_dtype, misaligned=()):
     groups, n, length, d = shape
-    e = randn(gen, *shape, dtype=dtype, misaligned="e" in misaligned)
-    v = randn(gen, n, d, dtype=v_dtype, misaligned="v" in misaligned)
-    dx = randn(gen, groups, length, d, dtype=dtype, misaligned="dx" in misaligned)
+    e = randn(*shape, generator=gen, dtype=dtype, misaligned="e" in misaligned)
+    v = randn(n, d, generator=gen, dtype=v_dtype, misaligned="v" in misaligned)
+    dx = randn(groups, length, d, generator=gen, dtype=dtype, misaligned="dx" in misaligned)
     return dx, e, v
 
 
-def check_hadamard_bwd(dx, e, v, vectors_grad=True):
-    d_e, d_v = poisoned(lambda: op("hadamard_mux_bwd")(dx, e, v, vectors_grad), e.numel(), e.dtype)
+def check_hadamard_bwd(dx, e, v, vectors_grad=True, kernel=None):
+    """``kernel`` (default: the cuda operator) against the float64 gradients."""
+    kernel = op("hadamard_mux_bwd") if kernel is None else kernel
+    d_e, d_v = poisoned(lambda: kernel(dx, e, v, vectors_grad), e.numel(), e.dtype)
     want_e, want_v = reference.hadamard_mux_backward(
         e.double(), v.double(), dx.double(), vectors_grad=True
     )
     assert d_e.dtype == e.dtype and d_v.dtype == v.dtype
-    assert_close(d_e, want_e, "dE")
+    check(d_e, want_e, "dE")
     if vectors_grad:
-        assert_close(d_v, want_v, "dv")
+        check(d_v, want_v, "dv")
     else:
         assert d_v.shape == (0,)
     return d_e, d_v
@@ -147,9 +118,7 @@ def test_hadamard_mux_bwd_benchmark_shape_and_determinism(n, gen):
     assert torch.equal(d_e, again_e) and torch.equal(d_v, again_v)
     triton = triton_op("hadamard_mux_bwd")
     if triton is not None:
-        t_e, t_v = triton(dx, e, v, True)
-        assert_close(t_e, d_e.double(), "triton dE")
-        torch.testing.assert_close(t_v, d_v, rtol=1e-4, atol=1e-4 * d_v.abs().max().item())
+        check_hadamard_bwd(dx, e, v, kernel=triton)
 
 
 # ---------------------------------------------------------------------------
@@ -165,13 +134,13 @@ def embed_inputs(gen, shape, dtype, params_fp32=False, misaligned=False, vocab=(
     def ids(high: int, *size: int) -> torch.Tensor:
         return torch.randint(0, high, size, generator=gen, device=DEVICE)
 
-    tables = [randn(gen, size, d, dtype=dtype, misaligned=misaligned) for size in vocab]
+    tables = [randn(size, d, generator=gen, dtype=dtype, misaligned=misaligned) for size in vocab]
     return (
         ids(vocab[0], groups, n, length),
         *tables,
-        1.0 + 0.1 * randn(gen, d, dtype=param_dtype),
-        0.1 * randn(gen, d, dtype=param_dtype),
-        randn(gen, n, d, dtype=param_dtype),
+        1.0 + 0.1 * randn(d, generator=gen, dtype=param_dtype),
+        0.1 * randn(d, generator=gen, dtype=param_dtype),
+        randn(n, d, generator=gen, dtype=param_dtype),
         ids(vocab[1], groups, n, length),
         ids(vocab[2], groups, n, length),
         ids(vocab[1], groups, length),
@@ -184,13 +153,13 @@ def embed_reference(args) -> torch.Tensor:
     return reference.embed_mux(*cast, EPS)
 
 
-def check_embed(args):
+def check_embed(args, kernel=None):
+    """``kernel`` (default: the cuda operator) against the float64 reference."""
+    kernel = op("embed_mux_fwd") if kernel is None else kernel
     groups, _, length = args[0].shape
-    out = poisoned(
-        lambda: op("embed_mux_fwd")(*args, EPS), groups * length * args[1].shape[1], args[1].dtype
-    )
+    out = poisoned(lambda: kernel(*args, EPS), groups * length * args[1].shape[1], args[1].dtype)
     assert out.dtype == args[1].dtype
-    assert_close(out, embed_reference(args), "x")
+    check(out, embed_reference(args), "x")
     return out
 
 
@@ -214,10 +183,10 @@ def test_embed_mux_fwd_misaligned_tables(dtype, d, gen):
 @pytest.mark.parametrize("n", [10, 40])
 def test_embed_mux_fwd_benchmark_shape(n, gen):
     args = embed_inputs(gen, (16, n, 128, 768), torch.bfloat16, True, vocab=(50265, 514, 1))
-    out = check_embed(args)
+    check_embed(args)
     triton = triton_op("embed_mux_fwd")
     if triton is not None:
-        assert_close(triton(*args, EPS), out.double(), "triton x")
+        check_embed(args, triton)
 
 
 # ---------------------------------------------------------------------------
@@ -240,20 +209,16 @@ def demux_inputs(gen, case, dtype, params_fp32=False, misaligned=False):
     """(a, c, ln_weight, ln_bias, index, sequence_position); c misaligned when asked."""
     groups, n, length, d, a_groups = case
     param_dtype = torch.float32 if params_fp32 else dtype
-    a = randn(gen, a_groups, n, d, dtype=param_dtype)
-    c = randn(gen, groups, length, d, dtype=dtype, misaligned=misaligned)
-    ln_weight = 1.0 + 0.1 * randn(gen, d, dtype=param_dtype)
-    ln_bias = 0.1 * randn(gen, d, dtype=param_dtype)
+    a = randn(a_groups, n, d, generator=gen, dtype=param_dtype)
+    c = randn(groups, length, d, generator=gen, dtype=dtype, misaligned=misaligned)
+    ln_weight = 1.0 + 0.1 * randn(d, generator=gen, dtype=param_dtype)
+    ln_bias = 0.1 * randn(d, generator=gen, dtype=param_dtype)
     index = torch.randint(0, n, (groups, length), generator=gen, device=DEVICE)
     return a, c, ln_weight, ln_bias, index, min(n, length - 1)
 
 
 def gather_shape(a, c, gather) -> tuple[int, ...]:
-    groups, length, d = c.shape
-    n = a.shape[1]
-    return {"token": (groups, n, length, d), "sequence": (groups, n, d)}.get(
-        gather, (groups, length, d)
-    )
+    return _opdefs.gather_shape(a, c, gather, c.shape[2])
 
 
 def demux_reference(gather, index, position):
@@ -263,10 +228,12 @@ def demux_reference(gather, index, position):
     return fn
 
 
-def check_demux_fwd(inputs, gather):
+def check_demux_fwd(inputs, gather, backend="cuda"):
+    """The operator of ``backend`` against the float64 reference."""
     a, c, ln_weight, ln_bias, index, position = inputs
+    kernel = _opdefs.kernel("demux_gather_fwd", backend)
     out = poisoned(
-        lambda: op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position),
+        lambda: kernel(a, c, ln_weight, ln_bias, EPS, gather, index, position),
         torch.Size(gather_shape(a, c, gather)).numel(),
         c.dtype,
     )
@@ -274,16 +241,18 @@ def check_demux_fwd(inputs, gather):
         a.double(), c.double(), ln_weight.double(), ln_bias.double()
     )
     assert out.dtype == c.dtype
-    assert_close(out, want, "u")
+    check(out, want, "u")
     return out
 
 
-def check_demux_bwd(inputs, gather, gen):
+def check_demux_bwd(inputs, gather, gen, backend="cuda"):
+    """The operator of ``backend`` against the float64 reference's gradients."""
     a, c, ln_weight, ln_bias, index, position = inputs
     params = [a, c, ln_weight, ln_bias]
-    grad_u = randn(gen, *gather_shape(a, c, gather), dtype=c.dtype)
+    grad_u = randn(*gather_shape(a, c, gather), generator=gen, dtype=c.dtype)
+    kernel = _opdefs.kernel("demux_gather_bwd", backend)
     got = poisoned(
-        lambda: op("demux_gather_bwd")(grad_u, *params, EPS, gather, index, position),
+        lambda: kernel(grad_u, *params, EPS, gather, index, position),
         c.numel(),
         c.dtype,
     )
@@ -294,7 +263,7 @@ def check_demux_bwd(inputs, gather, gen):
         ("da", "dc", "d_ln_weight", "d_ln_bias"), got, want, params, strict=True
     ):
         assert g.dtype == t.dtype, name
-        assert_close(g, w, name)
+        check(g, w, name)
     return grad_u, got
 
 
@@ -335,17 +304,15 @@ def test_demux_gather_misaligned(dtype, d, gather, gen):
 def test_demux_gather_benchmark_shape_and_determinism(case, gather, gen):
     inputs = demux_inputs(gen, case, torch.bfloat16)
     args = (*inputs[:4], EPS, gather, *inputs[4:])
-    out = check_demux_fwd(inputs, gather)
+    check_demux_fwd(inputs, gather)
     grad_u, grads = check_demux_bwd(inputs, gather, gen)
     again = op("demux_gather_bwd")(grad_u, *args)
     for first, second in zip(grads, again, strict=True):
         assert torch.equal(first, second), "the backward is not deterministic"
-    triton_fwd, triton_bwd = triton_op("demux_gather_fwd"), triton_op("demux_gather_bwd")
-    if triton_fwd is not None:
-        assert_close(triton_fwd(*args), out.double(), "triton u")
-    if triton_bwd is not None:
-        for mine, theirs in zip(grads, triton_bwd(grad_u, *args), strict=True):
-            assert_close(theirs, mine.double(), "triton gradient")
+    if triton_op("demux_gather_fwd") is not None:
+        check_demux_fwd(inputs, gather, "triton")
+    if triton_op("demux_gather_bwd") is not None:
+        check_demux_bwd(inputs, gather, gen, "triton")
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +353,7 @@ def test_side_stream(gen):
         out = op("demux_gather_fwd")(*inputs[:4], EPS, "token", *inputs[4:])
     stream.synchronize()
     want = demux_reference("token", inputs[4], inputs[5])(*(t.double() for t in inputs[:4]))
-    assert_close(out, want, "u")
+    check(out, want, "u")
 
 
 def test_too_wide_rows_are_an_error(gen):
@@ -425,7 +392,7 @@ def test_demux_gather_fwd_beyond_2_31(gen):
             None,
             0,
         )
-        assert_close(u[g : g + 1, i : i + 1, rows].contiguous(), want, f"u[{g}, {i}]")
+        check(u[g : g + 1, i : i + 1, rows].contiguous(), want, f"u[{g}, {i}]")
     del u
     torch.cuda.empty_cache()
 
@@ -440,6 +407,6 @@ def test_hadamard_mux_bwd_beyond_2_31(gen):
         want, _ = reference.hadamard_mux_backward(
             e[:, :, rows].double(), v.double(), dx[:, rows].double(), vectors_grad=False
         )
-        assert_close(d_e[:, :, rows].contiguous(), want, "dE")
+        check(d_e[:, :, rows].contiguous(), want, "dE")
     del d_e, e
     torch.cuda.empty_cache()

@@ -30,11 +30,9 @@ pytestmark = [
 if not _triton.load():
     pytest.skip(f"triton is unavailable: {_triton.load_error()!r}", allow_module_level=True)
 
-from triton_checks import multiplex_tables  # noqa: E402 (after the skips)
+from helpers import KERNEL, assert_close, multiplex_tables, nan_like, randn  # noqa: E402
 
 DEVICE = torch.device("cuda")
-RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-ATOL = {torch.float64: 1e-300, torch.float32: 1e-38, torch.float16: 2.0**-24, torch.bfloat16: 1e-38}
 # (data dtype, parameter dtype)
 DTYPES = [
     pytest.param(torch.bfloat16, torch.bfloat16, id="bfloat16"),
@@ -50,25 +48,15 @@ def cuda_generator() -> torch.Generator:
     return torch.Generator(device=DEVICE).manual_seed(1234)
 
 
-def randn(gen, *shape: int, dtype: torch.dtype, scale: float = 1.0, misalign: bool = False):
-    """Seeded normal samples on the GPU; ``misalign``: a contiguous view whose data starts one
-    element past a 16-byte boundary."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    flat = torch.randn(numel + misalign, generator=gen, device=DEVICE, dtype=torch.float32)
-    view = (scale * flat).to(dtype)[int(misalign) :].view(shape)
-    assert view.is_contiguous() and (view.data_ptr() % 16 != 0) == misalign
-    return view
-
-
-def make_params(kind: str, gen, n: int, d: int, dtype, misalign: bool = False):
+def make_params(kind: str, gen, n: int, d: int, dtype, misaligned: bool = False):
     """vectors (N, d); matrices (N, d, d); or the low-rank factors u, h (d, d)."""
     if kind == "hadamard":
-        return (randn(gen, n, d, dtype=dtype, misalign=misalign),)
+        return (randn(n, d, generator=gen, dtype=dtype, misaligned=misaligned),)
     if kind == "ortho":
-        return (randn(gen, n, d, d, dtype=dtype, scale=d**-0.5, misalign=misalign),)
-    return tuple(randn(gen, d, d, dtype=dtype, scale=d**-0.5, misalign=misalign) for _ in "uh")
+        return (randn(n, d, d, generator=gen, dtype=dtype, scale=d**-0.5, misaligned=misaligned),)
+    return tuple(
+        randn(d, d, generator=gen, dtype=dtype, scale=d**-0.5, misaligned=misaligned) for _ in "uh"
+    )
 
 
 def reference_forward(kind: str, e, params) -> torch.Tensor:
@@ -89,29 +77,14 @@ def reference_backward(kind: str, e, params, dx, grads: bool) -> tuple[torch.Ten
     return tuple(t for t in out if t is not None)
 
 
-def assert_within(name: str, got, want, magnitude, data_dtype, dtype) -> None:
-    """|got - want| <= RTOL * magnitude + ATOL elementwise, got of dtype ``dtype``, no NaN."""
-    assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert not got.isnan().any(), f"{name}: NaN left in the output (an element was not written)"
-    err = (got.double() - want).abs()
-    bound = RTOL[data_dtype] * magnitude + ATOL[data_dtype]
-    worst = (err / bound).max().item()
-    assert worst <= 1.0, f"{name}: error {err.max().item():.3g} is {worst:.3g}x the bound"
-
-
-def nan_like(t: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(t, float("nan"))
-
-
 def check_forward(kind: str, e, params) -> None:
     """The launcher on NaN-filled output vs the reference; the operator gives the same bits."""
     launcher = FORWARD[kind][0]
-    x = launcher(e, *params, out=nan_like(e.new_empty(e.shape[0], e.shape[2], e.shape[3])))
+    x = launcher(e, *params, out=nan_like(e, (e.shape[0], e.shape[2], e.shape[3])))
     torch.cuda.synchronize()
     want = reference_forward(kind, e, params)
     magnitude = reference_forward(kind, e.abs(), tuple(p.abs() for p in params))
-    assert_within("x", x, want, magnitude, e.dtype, e.dtype)
+    assert_close(x, want, KERNEL, magnitude=magnitude, what="x")
     del want, magnitude
     assert torch.equal(getattr(torch.ops.muxkernels, OPS[kind][0])(e, *params), x)
 
@@ -127,7 +100,8 @@ def check_backward(kind: str, e, params, dx) -> None:
     for name, got, want, magnitude, like in zip(
         names, grads, wants, magnitudes, (e, *params), strict=True
     ):
-        assert_within(name, got, want, magnitude, e.dtype, like.dtype)
+        assert got.dtype == like.dtype, name
+        assert_close(got, want, KERNEL, dtype=e.dtype, magnitude=magnitude, what=name)
     del wants, magnitudes
     again = getattr(torch.ops.muxkernels, OPS[kind][1])(dx, e, *params, True)
     for name, got, repeat in zip(names, grads, again, strict=True):
@@ -137,9 +111,9 @@ def check_backward(kind: str, e, params, dx) -> None:
 @pytest.mark.parametrize(("dtype", "param_dtype"), DTYPES)
 @pytest.mark.parametrize("n", [10, 40])
 def test_hadamard_at_benchmark_shape(cuda_generator, n, dtype, param_dtype):
-    e = randn(cuda_generator, 64, n, 128, 768, dtype=dtype)
+    e = randn(64, n, 128, 768, generator=cuda_generator, dtype=dtype)
     params = make_params("hadamard", cuda_generator, n, 768, param_dtype)
-    dx = randn(cuda_generator, 64, 128, 768, dtype=dtype)
+    dx = randn(64, 128, 768, generator=cuda_generator, dtype=dtype)
     check_forward("hadamard", e, params)
     check_backward("hadamard", e, params, dx)
 
@@ -147,9 +121,9 @@ def test_hadamard_at_benchmark_shape(cuda_generator, n, dtype, param_dtype):
 @pytest.mark.parametrize(("dtype", "param_dtype"), DTYPES)
 @pytest.mark.parametrize("kind", ["ortho", "lowrank"])
 def test_matrix_mux_at_benchmark_shape(cuda_generator, kind, dtype, param_dtype):
-    e = randn(cuda_generator, 16, 10, 128, 768, dtype=dtype)
+    e = randn(16, 10, 128, 768, generator=cuda_generator, dtype=dtype)
     params = make_params(kind, cuda_generator, 10, 768, param_dtype)
-    dx = randn(cuda_generator, 16, 128, 768, dtype=dtype)
+    dx = randn(16, 128, 768, generator=cuda_generator, dtype=dtype)
     check_forward(kind, e, params)
     check_backward(kind, e, params, dx)
 
@@ -161,9 +135,9 @@ def test_matrix_mux_at_benchmark_shape(cuda_generator, kind, dtype, param_dtype)
 @pytest.mark.parametrize("kind", KINDS)
 def test_odd_misaligned(cuda_generator, kind, dtype, param_dtype):
     groups, n, length, d = 3, 3, 7, 97
-    e = randn(cuda_generator, groups, n, length, d, dtype=dtype, misalign=True)
-    params = make_params(kind, cuda_generator, n, d, param_dtype, misalign=True)
-    dx = randn(cuda_generator, groups, length, d, dtype=dtype, misalign=True)
+    e = randn(groups, n, length, d, generator=cuda_generator, dtype=dtype, misaligned=True)
+    params = make_params(kind, cuda_generator, n, d, param_dtype, misaligned=True)
+    dx = randn(groups, length, d, generator=cuda_generator, dtype=dtype, misaligned=True)
     check_forward(kind, e, params)
     check_backward(kind, e, params, dx)
 
@@ -173,28 +147,28 @@ def test_offsets_beyond_int32(cuda_generator, kind):
     """E of 2.2e9 elements (bf16): the last rows of the last group, whose offsets pass 2^31."""
     groups, n, length, d = 3, 4, 180_000, 1024
     assert groups * n * length * d > 2**31
-    e = randn(cuda_generator, groups, n, length, d, dtype=torch.bfloat16)
+    e = randn(groups, n, length, d, generator=cuda_generator, dtype=torch.bfloat16)
     params = make_params(kind, cuda_generator, n, d, torch.bfloat16)
-    dx = randn(cuda_generator, groups, length, d, dtype=torch.bfloat16)
+    dx = randn(groups, length, d, generator=cuda_generator, dtype=torch.bfloat16)
     forward, backward = (getattr(torch.ops.muxkernels, name) for name in OPS[kind])
     tail_e, tail_dx = e[-1:, :, -8:].contiguous(), dx[-1:, -8:].contiguous()
     abs_params = tuple(p.abs() for p in params)
     x = forward(e, *params)[-1:, -8:]
     want = reference_forward(kind, tail_e, params)
     magnitude = reference_forward(kind, tail_e.abs(), abs_params)
-    assert_within("x", x, want, magnitude, e.dtype, e.dtype)
+    assert_close(x, want, KERNEL, magnitude=magnitude, what="x")
     del x
     d_e = backward(dx, e, *params, False)[0][-1:, :, -8:]
     (want,) = reference_backward(kind, tail_e, params, tail_dx, False)
     (magnitude,) = reference_backward(kind, tail_e.abs(), abs_params, tail_dx.abs(), False)
-    assert_within("dE", d_e, want, magnitude, e.dtype, e.dtype)
+    assert_close(d_e, want, KERNEL, magnitude=magnitude, what="dE")
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_opcheck(cuda_generator, kind):
-    e = randn(cuda_generator, 2, 3, 4, 40, dtype=torch.float16)
+    e = randn(2, 3, 4, 40, generator=cuda_generator, dtype=torch.float16)
     params = make_params(kind, cuda_generator, 3, 40, torch.float32)
-    dx = randn(cuda_generator, 2, 4, 40, dtype=torch.float16)
+    dx = randn(2, 4, 40, generator=cuda_generator, dtype=torch.float16)
     forward, backward = (getattr(torch.ops.muxkernels, name) for name in OPS[kind])
     torch.library.opcheck(forward, (e, *params))
     for grads in (True, False):
