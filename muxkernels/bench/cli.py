@@ -39,15 +39,15 @@ from .._cli_args import (
     positive_int,
     run_or_report,
 )
-from . import end_to_end, microbench, report
+from . import end_to_end, microbench, report, vision
 from .workloads import MODES, OPS, Sizes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NS = (2, 5, 10, 20, 40)
 E2E_NS = (1, 2, 5, 10, 20, 40)
-CPU_SIZES = {"groups": 2, "length": 16, "d": 64}
+CPU_SIZES = {"groups": 2, "length": 16, "d": 64, "images": (8, 1, 8, 8)}
 CPU_IMPLS = ("eager", "published", "cpu")
-E2E_TASKS = ("sequence", "token")
+E2E_TASKS = ("sequence", "token", vision.CNN_TASK)
 GPU_BATCH_SIZES, CPU_BATCH_SIZES = (32, 64, 128, 256, 512), (4, 8, 16, 32)
 # Seconds of --budget-s the op measurements leave to the end-to-end run that follows them:
 # about 30 s on a 2-core CPU (measured); on an H200 about 10 s of timed passes (2 tasks x
@@ -149,7 +149,12 @@ def _meta(
         ],
         "command": command,
         "dtype": str(sizes.dtype).removeprefix("torch."),
-        "sizes": {"groups": sizes.groups, "length": sizes.length, "d": sizes.d},
+        "sizes": {
+            "groups": sizes.groups,
+            "length": sizes.length,
+            "d": sizes.d,
+            "images": list(sizes.images),
+        },
         "end_to_end_size": vars(e2e_size).copy() if e2e_size else None,
         "unmeasured": [],
         "errors": [],
@@ -164,6 +169,7 @@ def _sizes(args: argparse.Namespace, gpu: bool) -> Sizes:
         length=args.length or base.length,
         d=args.d or base.d,
         dtype=dtype,
+        images=base.images,
     )
 
 
@@ -235,12 +241,15 @@ def _measure_end_to_end(
         return
     gpu = device.type == "cuda"
     start = time.monotonic()
+    encoder_tasks = [t for t in args.e2e_tasks if t != vision.CNN_TASK]
     try:
         rows = end_to_end.run_end_to_end(
-            args.e2e_n, args.e2e_tasks, size, device=device, dtype=dtype,
+            args.e2e_n, encoder_tasks, size, device=device, dtype=dtype,
             batch_sizes=args.batch_sizes or (GPU_BATCH_SIZES if gpu else CPU_BATCH_SIZES),
             log=_log,
-        )  # fmt: skip
+        ) if encoder_tasks else []  # fmt: skip
+        if vision.CNN_TASK in args.e2e_tasks:
+            rows += vision.run_cnn_end_to_end(args.e2e_n, device=device, dtype=dtype, log=_log)
     except Exception as err:  # any failure: recorded, the results so far are kept
         results["meta"]["errors"].append(f"end to end: {microbench.error_text(err)}")
         _log(f"failed: {results['meta']['errors'][-1]}")

@@ -22,7 +22,9 @@ from .microbench import BASELINES
 
 Results = dict[str, Any]
 KERNEL_IMPLS = ("triton", "cuda")
-GEMM_OPS = ("ortho_mux", "lowrank_ortho_mux", "mlp_demux")  # judged against torch.matmul
+GEMM_OPS = (  # judged against torch.matmul
+    "ortho_mux", "lowrank_ortho_mux", "mlp_demux", "image_mux_so_n", "image_mux_learnable_w",
+)  # fmt: skip
 README_START, README_END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
 OPS_COLUMNS = {  # field: header of the screen table
     "op": "op", "n": "N", "mode": "mode", "impl": "impl", "ms": "ms", "timing": "timing",
@@ -155,7 +157,9 @@ def ops_summary(results: Results, mode: str) -> str:
     cpu = not kernels and any(r["impl"] == "cpu" for r in rows)
 
     def cell(op: str, group: list[dict[str, Any]]) -> str:
-        best = _fastest(group, KERNEL_IMPLS if kernels else ("cpu",) if cpu else ("eager",))
+        preferred = KERNEL_IMPLS if kernels else ("cpu",) if cpu else ("eager",)
+        # an op with no kernel (the convolution image modes): ours is the eager form
+        best = _fastest(group, preferred) or _fastest(group, ("eager",))
         if best is None:
             return "-"
         text = f"{best['ms']:.3g} ms"
@@ -163,7 +167,7 @@ def ops_summary(results: Results, mode: str) -> str:
             ratios = [_x(best[f"vs_{b}"]) for b in BASELINES if not math.isnan(best[f"vs_{b}"])]
             text += f" {best['impl']} " + " / ".join(ratios)
         elif cpu and not math.isnan(best["vs_published"]):
-            text += f" {_x(best['vs_published'])}"
+            text += f" {_x(best['vs_published'])}" + (" (eager)" if best["impl"] == "eager" else "")
         return text
 
     return _op_table(rows, cell)
@@ -231,6 +235,14 @@ def describe(meta: dict[str, Any]) -> str:
     )
 
 
+_CNN_NOTE = (
+    " The cnn rows: the DataMUX vision notebook's multiplexed LeNet (20×20 images, its "
+    "Gaussian multiplexer, random weights), instances being images; N=1 is the LeNet "
+    "without multiplexing at its best batch size, published the notebook's forward (a "
+    "loop over instances), muxkernels `MultiplexedCNN`."
+)
+
+
 def readme_section(results: Results, plot_path: str | None, files_dir: str) -> str:
     """The README's results section (markdown), from one results document."""
     meta = results["meta"]
@@ -245,15 +257,23 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
             "everything; the command at the end of this section turns its run into this "
             "section."
         )
-    if e and results["end_to_end"]:  # a run with --no-e2e has neither
+    tasks = {r["task"] for r in results["end_to_end"]}
+    if e and tasks:  # a run with --no-e2e has neither
+        encoder = (
+            f" a {e['layers']}-layer, {e['d']}-wide encoder (random weights), L={e['length']} "
+            f"plus the N+1 index prefix, {meta['dtype']}. The N=1 baseline is the plain "
+            "encoder without multiplexing at its best batch size (searched); every N>1 pass "
+            "encodes that many rows B', so it serves B'·N instances."
+        )
         parts.append(
-            f"**End to end**, inference: a {e['layers']}-layer, {e['d']}-wide encoder "
-            f"(random weights), L={e['length']} plus the N+1 index prefix, {meta['dtype']}. "
-            "The N=1 baseline is the plain encoder without multiplexing at its best batch "
-            "size (searched); every N>1 pass encodes that many rows B', so it serves B'·N "
-            "instances.\n\n" + end_to_end_summary(results)
+            f"**End to end**, inference:{encoder if tasks - {'cnn'} else ''}"
+            f"{_CNN_NOTE if 'cnn' in tasks else ''}\n\n" + end_to_end_summary(results)
         )
     mode_text = {"fwd": "forward", "fwd+bwd": "forward + backward"}
+    image_note = ""
+    if s.get("images") and any(r["op"].startswith("image_mux") for r in results["ops"]):
+        groups, c, h, w = s["images"]
+        image_note = f"; image_mux: B'={groups} groups of {c}×{h}×{w} images"
     impl_note = (
         "the fastest kernel backend's median and its speedup over the eager reference / "
         "torch.compile of the reference / the published layers' form"
@@ -266,7 +286,7 @@ def readme_section(results: Results, plot_path: str | None, files_dir: str) -> s
         if any(r["mode"] == mode for r in results["ops"]):
             parts.append(
                 f"**Ops, {mode_text[mode]}** (B'={s['groups']}, L={s['length']}, d={s['d']}, "
-                f"{meta['dtype']}): {impl_note}.\n\n" + ops_summary(results, mode)
+                f"{meta['dtype']}{image_note}): {impl_note}.\n\n" + ops_summary(results, mode)
             )
     if any(r["impl"] in KERNEL_IMPLS for r in results["ops"]):
         parts.append("**Fraction of the ceiling**, forward, fastest kernel:\n\n"
@@ -323,7 +343,7 @@ def plot(results: Results, path: Path) -> bool:
     except ImportError:
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    colors = {"sequence": "tab:blue", "token": "tab:orange"}
+    colors = {"sequence": "tab:blue", "token": "tab:orange", "cnn": "tab:green"}
     for (task, impl), rows in _by(results["end_to_end"], "task", "impl").items():
         if impl == "baseline":
             continue

@@ -22,6 +22,7 @@ from ..ops.mlp_demux import KERNEL_BACKENDS as MLP_BACKENDS
 from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
 from ..reference import lowrank_dense
 from . import published
+from .vision import IMAGE_OPS, image_workload
 
 Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -36,6 +37,7 @@ OPS = (  # in the order a time-limited run measures them: the headline ops first
     "index_demux_selected",
     "index_pos_demux",
     "mlp_demux",
+    *IMAGE_OPS,
 )
 VOCAB, CLASSES = 50265, 9  # RoBERTa's vocabulary; token classes for the fused projection
 
@@ -57,12 +59,14 @@ class Workload:
 
 @dataclass
 class Sizes:
-    """Benchmark sizes: B' (encoder rows, so B'·N instances), L, d and the dtype."""
+    """Benchmark sizes: B' (encoder rows, so B'·N instances), L, d and the dtype; for the
+    image multiplexers, (B', C, H, W) of the mixed images."""
 
     groups: int = 64
     length: int = 128
     d: int = 768
     dtype: torch.dtype = torch.bfloat16
+    images: tuple[int, int, int, int] = (256, 1, 28, 28)
 
 
 def _kernel_impls(
@@ -297,6 +301,8 @@ def build(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
         w = _index_pos_demux(n, sizes, device)
     elif op == "mlp_demux":
         w = _mlp_demux(n, sizes, device)
+    elif op in IMAGE_OPS:
+        w = image_workload(op, n, sizes, device)
     else:
         raise ValueError(f"unknown op {op!r}; choose from {OPS}")
     eager = w.impls["eager"]

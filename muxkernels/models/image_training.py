@@ -43,6 +43,20 @@ def training_steps(count: int, batch_size: int, epochs: int) -> int:
     return epochs * math.ceil(count / batch_size)
 
 
+def random_shift(
+    images: torch.Tensor, generator: torch.Generator, max_shift: int = 1
+) -> torch.Tensor:
+    """Each image moved by its own random offset of up to ``max_shift`` pixels along H and
+    W, the pixels moved in filled with zeros (augmentation for small digit images)."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    rows = (offsets[0][:, None] + torch.arange(h)).to(images.device)  # (B, H)
+    cols = (offsets[1][:, None] + torch.arange(w)).to(images.device)  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
 def train_classifier(
     model: nn.Module,
     images: torch.Tensor,
@@ -53,11 +67,13 @@ def train_classifier(
     lr: float,
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> list[float]:
     """Train ``model`` with Adam and a one-cycle learning rate peaking at ``lr``, on the
     cross-entropy of every instance. Each step sees ``groups_per_batch`` groups of N
     random training images; each epoch draws new groups. Returns the loss of every step;
-    ``on_step(step, loss)`` is called after each (``training_steps`` gives their number)."""
+    ``on_step(step, loss)`` is called after each (``training_steps`` gives their number);
+    ``augment(images, generator)``, e.g. ``random_shift``, transforms each batch first."""
     _check_data(images, labels)
     if epochs < 1 or groups_per_batch < 1:
         raise ValueError(
@@ -72,7 +88,8 @@ def train_classifier(
     losses: list[float] = []
     for _ in range(epochs):
         for batch in epoch_batches(images.shape[0], batch_size, generator):
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            inputs = images[batch] if augment is None else augment(images[batch], generator)
+            loss = F.cross_entropy(model(inputs), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
