@@ -256,3 +256,13 @@ def test_training_helpers_refuse_bad_data():
         )
     with pytest.raises(ValueError, match=r"images must be a non-empty \(B, C, H, W\)"):
         image_training.images_per_second(model, torch.zeros(4, 16), groups=1)
+
+
+def test_random_shift_moves_each_image_by_at_most_one_pixel(randn):
+    images = randn(6, 2, 5, 5)
+    shifted = image_training.random_shift(images, torch.Generator().manual_seed(0))
+    padded = F.pad(images, (1, 1, 1, 1))
+    for b in range(6):
+        candidates = [padded[b, :, dy : dy + 5, dx : dx + 5] for dy in range(3) for dx in range(3)]
+        assert any(torch.equal(shifted[b], c) for c in candidates)
+    assert not torch.equal(shifted, images)

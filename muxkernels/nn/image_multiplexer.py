@@ -1,4 +1,5 @@
-"""The image multiplexer: the DataMUX vision notebook's modes, N images mixed into one.
+"""The image multiplexer: the DataMUX vision notebook's modes, N images mixed into one
+(design §7).
 
 Instance i of group g is row g·N+i of the caller's (B, C, H, W) batch, as everywhere in
 muxkernels. Each instance gets its own transform T_i and the transformed images are summed:
