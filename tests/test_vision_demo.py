@@ -35,8 +35,8 @@ def test_the_split_holds_out_a_fifth_with_a_fixed_seed():
 
 def test_quick_demo_prints_every_n_and_every_published_mode():
     out, progress = io.StringIO(), io.StringIO()
-    by_n, by_mode = vision_demo.run_digits_demo([1, 3], quick=True, out=out, progress=progress)
-    assert [r.num_instances for r in by_n] == [1, 3]
+    by_n, by_mode = vision_demo.run_digits_demo([1, 4], quick=True, out=out, progress=progress)
+    assert [r.num_instances for r in by_n] == [1, 4]
     assert [r.mode for r in by_mode] == list(PUBLISHED_MODES)
     assert {r.num_instances for r in by_mode} == {vision_demo.MODES_AT}
     for r in (*by_n, *by_mode):
@@ -44,12 +44,23 @@ def test_quick_demo_prints_every_n_and_every_published_mode():
     text = out.getvalue()
     assert re.search(r"^\s+1\s+Gaussian\s+4\s+1\s.*\s1\.00x$", text, flags=re.MULTILINE)
     assert re.search(r"^\s+4\s+nonlinear-expand\s+8\s", text, flags=re.MULTILINE)
-    assert "N=3" in progress.getvalue() and "remap" in progress.getvalue()
+    assert "N=4" in progress.getvalue() and "remap" in progress.getvalue()
 
 
-def test_epochs_grow_with_n():
-    epochs = [vision_demo.epochs_for(n, vision_demo.FULL) for n in (1, 2, 4, 8, 16)]
-    assert epochs == sorted(epochs) and vision_demo.epochs_for(3, vision_demo.FULL) == epochs[1]
+def test_the_modes_are_compared_only_with_n_4():
+    out = io.StringIO()
+    by_n, by_mode = vision_demo.run_digits_demo([3], quick=True, out=out, progress=io.StringIO())
+    assert [r.num_instances for r in by_n] == [3] and by_mode == []
+    assert "every published mode" not in out.getvalue()
+
+
+def test_epochs_of_each_n():
+    """Listed Ns take their own (harder Ns up to 8 train longer); others the largest listed
+    N below them."""
+    epochs = [vision_demo.epochs_for(n, vision_demo.FULL) for n in (1, 2, 4, 8)]
+    assert epochs == sorted(epochs)
+    assert vision_demo.epochs_for(3, vision_demo.FULL) == epochs[1]
+    assert vision_demo.epochs_for(32, vision_demo.FULL) == vision_demo.FULL.epochs[16]
 
 
 def test_cli_digits_quick_writes_the_plot(capsys, tmp_path):

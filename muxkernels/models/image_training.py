@@ -68,12 +68,14 @@ def train_classifier(
     generator: torch.Generator,
     on_step: Callable[[int, float], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    label_smoothing: float = 0.0,
 ) -> list[float]:
     """Train ``model`` with Adam and a one-cycle learning rate peaking at ``lr``, on the
     cross-entropy of every instance. Each step sees ``groups_per_batch`` groups of N
     random training images; each epoch draws new groups. Returns the loss of every step;
     ``on_step(step, loss)`` is called after each (``training_steps`` gives their number);
-    ``augment(images, generator)``, e.g. ``random_shift``, transforms each batch first."""
+    ``augment(images, generator)``, e.g. ``random_shift``, transforms each batch first;
+    ``label_smoothing`` is cross-entropy's."""
     _check_data(images, labels)
     if epochs < 1 or groups_per_batch < 1:
         raise ValueError(
@@ -89,7 +91,7 @@ def train_classifier(
     for _ in range(epochs):
         for batch in epoch_batches(images.shape[0], batch_size, generator):
             inputs = images[batch] if augment is None else augment(images[batch], generator)
-            loss = F.cross_entropy(model(inputs), labels[batch])
+            loss = F.cross_entropy(model(inputs), labels[batch], label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
