@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import BACKEND, REFERENCE, assert_close
 
 from muxkernels.bench import microbench, published_vision, report, vision
 from muxkernels.bench.workloads import OPS, Sizes, build
@@ -23,7 +24,7 @@ def test_every_implementation_of_an_image_workload_agrees(op):
     for impl, fn in w.impls.items():
         if impl == "compiled":
             continue  # torch.compile of eager: slow to build here, exercised by the bench tests
-        torch.testing.assert_close(fn(w.inputs), expected, rtol=1e-4, atol=1e-4, msg=impl)
+        assert_close(fn(w.inputs), expected, BACKEND, what=impl)
 
 
 def test_an_image_workload_is_measured_in_every_mode():
@@ -42,7 +43,7 @@ def test_the_notebook_forward_and_ours_are_the_same_model():
     images = torch.randn(2, 3, *vision.CNN_IMAGE, dtype=torch.float64)
     with torch.no_grad():
         theirs = torch.stack(published_vision.mux_lenet(model, images), dim=1).flatten(0, 1)
-        torch.testing.assert_close(torch.tanh(model(images)), theirs)
+        assert_close(torch.tanh(model(images)), theirs, REFERENCE)
 
 
 def test_cnn_end_to_end_rows():

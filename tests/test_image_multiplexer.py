@@ -7,6 +7,7 @@ import image_loops
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import BACKEND, REFERENCE, assert_close
 
 import muxkernels
 from muxkernels import image_transforms
@@ -49,10 +50,10 @@ def test_every_mode_matches_the_loop_over_instances(mode, shape, randn):
     expected = oracle(mux, grouped)
     # the oracle rotates exactly; the layer's rotation matrices are float32 like every
     # transform it builds (the others are read back from the layer by the oracle)
-    tol = 1e-6 if mode == "rotation" else 1e-10
-    torch.testing.assert_close(mux(grouped), expected, rtol=tol, atol=tol)
+    dtype = torch.float32 if mode == "rotation" else torch.float64
+    assert_close(mux(grouped), expected, REFERENCE, dtype=dtype)
     flat = grouped.reshape(2 * n, c, h, w)  # row g·N+i is instance i of group g
-    torch.testing.assert_close(mux(flat), expected, rtol=tol, atol=tol)
+    assert_close(mux(flat), expected, REFERENCE, dtype=dtype)
 
 
 @pytest.mark.parametrize("mode", [*im.CONV_MODES, *im.TWO_LAYER_MODES])
@@ -60,7 +61,7 @@ def test_channel_counts_of_the_convolution_modes(mode, randn):
     mux = ImageMultiplexer(3, (2, 5, 5), mode, out_channels=6, generator=1).double()
     grouped = randn(2, 3, 2, 5, 5)
     assert mux.out_channels == 6
-    torch.testing.assert_close(mux(grouped), oracle(mux, grouped), rtol=1e-10, atol=1e-10)
+    assert_close(mux(grouped), oracle(mux, grouped), REFERENCE)
 
 
 def test_published_layouts_and_defaults():
@@ -103,7 +104,7 @@ def test_quarter_turns_permute_pixels_exactly(randn):
     grouped = randn(2, 4, 1, 5, 5)
     mux = ImageMultiplexer(4, (1, 5, 5), "rotation").double()
     expected = sum((1 - 2 * i) * torch.rot90(grouped[:, i], i, dims=(-2, -1)) for i in range(4))
-    torch.testing.assert_close(mux(grouped), expected, rtol=1e-12, atol=1e-12)
+    assert_close(mux(grouped), expected, REFERENCE, dtype=torch.float32)  # float32 matrices
 
 
 @pytest.mark.parametrize(("h", "w", "degrees"), [(8, 8, 45.0), (7, 10, 120.0), (20, 20, 22.5)])
@@ -112,7 +113,7 @@ def test_rotation_matrix_is_scipy_bilinear_rotate(h, w, degrees, randn):
     image = randn(h, w)
     expected = ndimage.rotate(image.numpy(), degrees, reshape=False, order=1)
     turned = image_transforms.rotation_matrix(h, w, degrees) @ image.flatten()
-    torch.testing.assert_close(turned.reshape(h, w), torch.from_numpy(expected))
+    assert_close(turned.reshape(h, w), torch.from_numpy(expected), REFERENCE)
 
 
 def test_convolution_modes_run_one_convolution(monkeypatch, randn):
@@ -131,7 +132,7 @@ def test_convolution_modes_run_one_convolution(monkeypatch, randn):
         mux = ImageMultiplexer(5, (2, 6, 6), mode, out_channels=4, generator=2).double()
         separate = oracle(mux, grouped)  # five convolutions per layer, then a sum
         calls.clear()
-        torch.testing.assert_close(mux(grouped), separate, rtol=1e-10, atol=1e-10)
+        assert_close(mux(grouped), separate, REFERENCE)
         assert len(calls) == layers and calls[0] == (3, 10, 6, 6)  # N·C = 10 channels
 
 
@@ -204,7 +205,7 @@ def test_kernel_backends_agree_with_the_reference(randn):
             for mode in modes:
                 reference = ImageMultiplexer(3, (2, 4, 4), mode, generator=0, backend="reference")
                 mux = ImageMultiplexer(3, (2, 4, 4), mode, generator=0, backend=backend)
-                torch.testing.assert_close(mux(grouped), reference(grouped), rtol=1e-4, atol=1e-4)
+                assert_close(mux(grouped), reference(grouped), BACKEND)
                 ran += 1
     if not ran:
         pytest.skip("no kernel backend runs here (triton needs TRITON_INTERPRET=1)")
@@ -220,13 +221,20 @@ def test_pad_fills_the_last_group(randn):
 
 
 def test_half_precision_images_with_float32_transforms(randn):
+    """bfloat16 images, float32 transforms: the convolutions run in the images' dtype (the
+    kernels rounded to it), the ops in float32; against float64 on those same values."""
     for mode in ("Gaussian", "nonlinear", "SO(N)", "gaussian_hadamard", "remap"):
         mux = ImageMultiplexer(2, (1, 4, 4), mode, generator=0)
         images = randn(4, 1, 4, 4, dtype=torch.bfloat16)
-        expected = mux.double()(images.double())
+        convolves = mode in im.CONV_MODES or mode in im.TWO_LAYER_MODES
+        used = {
+            k: (p.to(torch.bfloat16) if convolves else p).double()
+            for k, p in mux.named_parameters()
+        }
+        expected = torch.func.functional_call(mux.double(), used, (images.double(),))
         got = mux.float()(images)
         assert got.dtype == torch.bfloat16
-        torch.testing.assert_close(got.double(), expected, rtol=5e-2, atol=5e-2)
+        assert_close(got, expected, REFERENCE)
 
 
 @pytest.mark.parametrize(
