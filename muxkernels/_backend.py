@@ -26,6 +26,9 @@ Backend = Literal["auto", "reference", "cpu", "triton", "cuda"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "cpu", "triton", "cuda")
 OPERATOR_BACKENDS: tuple[str, ...] = ("triton", "cuda")  # run registered muxkernels:: operators
 ENV_VAR = "MUXKERNELS_BACKEND"
+# Compared with ``==``: reading ``device.type`` builds its string through a C++ stream,
+# which costs more than the rest of choosing a backend for a small CPU tensor.
+CPU = torch.device("cpu")
 
 
 def _triton_usable(device: torch.device) -> tuple[bool, str]:
@@ -49,6 +52,35 @@ def _cuda_usable(device: torch.device) -> tuple[bool, str]:
     if device.type in ("cuda", "cpu"):
         return True, ""
     return False, f"the cuda backend runs on CUDA (or, for testing, CPU) tensors, got {device}"
+
+
+def _env_backend() -> str | None:
+    """The backend ``MUXKERNELS_BACKEND`` names (stripped, lower case), or None when it is
+    unset, empty or "auto"; ValueError when it names none.
+
+    Reads the dict behind ``os.environ`` where CPython has one (``os.environ[...] = ...``
+    and ``del`` update it): ``os.environ.get`` raises and catches a KeyError inside when
+    the variable is unset, which costs more on every op call than the rest of choosing a
+    backend for a small CPU tensor.
+    """
+    if _ENVIRON_DATA is not None:
+        raw = _ENVIRON_DATA.get(_ENVIRON_KEY)
+        value = None if raw is None else os.environ.decodevalue(raw)
+    else:
+        value = os.environ.get(ENV_VAR)
+    if not value or not value.strip():
+        return None
+    env = value.strip().lower()
+    if env not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={env!r} is not one of {BACKENDS}")
+    return env if env != "auto" else None
+
+
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+if isinstance(_ENVIRON_DATA, dict) and hasattr(os.environ, "encodekey"):
+    _ENVIRON_KEY = os.environ.encodekey(ENV_VAR)
+else:
+    _ENVIRON_DATA = None
 
 
 class ExtensionMissingWarning(UserWarning):
@@ -78,7 +110,7 @@ def usable(backend: str, device: torch.device) -> tuple[bool, str]:
     if backend == "reference":
         return True, ""
     if backend == "cpu":
-        if device.type == "cpu":
+        if device == CPU:
             return True, ""
         return False, f"the cpu backend runs on CPU tensors, got {device}"
     if backend == "triton":
@@ -115,16 +147,15 @@ def resolve(
     stale build is never picked. Under torch.compile the choice is made once, at trace
     time, and baked into the graph.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     source = "backend argument"
     if backend == "auto":
-        env = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
-        if env not in BACKENDS:
-            raise ValueError(f"{ENV_VAR}={env!r} is not one of {BACKENDS}")
-        backend, source = env, f"the {ENV_VAR} environment variable"
+        env = _env_backend()
+        if env is not None:
+            backend, source = env, f"the {ENV_VAR} environment variable"
+    elif backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if device.type == "cpu":
+        if device == CPU:
             return "cpu" if "cpu" in implemented else "reference"
         if "cuda" in implemented and not _extension.load():
             _warn_extension_missing()

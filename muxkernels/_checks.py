@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -73,7 +74,7 @@ def check_float_tensor(
     call, so it reads each attribute once)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
+    if t.dtype not in FLOAT_DTYPE_SET:
         check_floating(name, t)
     shape = t.shape
     if len(shape) != ranks if isinstance(ranks, int) else len(shape) not in ranks:
@@ -93,6 +94,8 @@ def check_param(
 ) -> None:
     """A parameter of ``data``: a tensor of exactly ``shape``, of the data's dtype (or
     float32), on the data's device."""
+    if params_fit(data, ((t, shape),)):
+        return
     check_tensor(name, t)
     if t.shape != shape:
         check_shape(name, t, shape, what)
@@ -100,6 +103,24 @@ def check_param(
         check_param_dtype(name, t, data_name, data)
     if t.device != data.device:
         check_same_device(data_name, data, **{name: t})
+
+
+def params_fit(data: torch.Tensor, params: Iterable[tuple[object, tuple[int, ...]]]) -> bool:
+    """Whether every ``(t, shape)`` is a tensor of exactly ``shape`` in ``data``'s dtype on
+    ``data``'s device: the common case of ``check_param``, in a few attribute reads (the
+    ops check their parameters on every call). False sends the caller to ``check_param``,
+    which allows float32 parameters of half-precision data and names what is wrong.
+
+    On the CPU the device test reads ``is_cpu``: ``tensor.device`` builds a new object.
+    """
+    dtype, cpu = data.dtype, data.is_cpu
+    device = None if cpu else data.device
+    for t, shape in params:
+        if not (isinstance(t, torch.Tensor) and t.dtype is dtype and t.shape == shape):
+            return False
+        if not (t.is_cpu if cpu else t.device == device):
+            return False
+    return True
 
 
 def check_param_dtype(name: str, t: torch.Tensor, data_name: str, data: torch.Tensor) -> None:
@@ -145,6 +166,8 @@ def as_int(name: str, value: object, low: int | None = None, high: int | None = 
     0-d integer tensors. bool, floats (even 2.0: a float id or count is a caller's bug, never
     truncated) and other types are a ``ValueError`` naming ``name`` and the range.
     """
+    if type(value) is int and (low is None or value >= low) and (high is None or value <= high):
+        return value  # the common case, without the checks below
     number = value
     if isinstance(value, torch.Tensor):
         integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
@@ -227,16 +250,25 @@ def group_batch(name: str, t: torch.Tensor, num_instances: int) -> torch.Tensor:
     return t.reshape(batch // num_instances, num_instances, *t.shape[1:])
 
 
+INDEX_DTYPES = frozenset((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
+
+
 def check_index(name: str, index: torch.Tensor, shape: tuple[int, ...], num_instances: int) -> None:
     """An instance-index tensor: integer dtype, the given shape, values in [0, N).
 
     The value check is ``check_values_below`` (one host read; skipped while torch.compile
-    traces or a CUDA graph is captured).
+    traces or a CUDA graph is captured), after a direct look at the bounds of a CPU index
+    (the common case, on every call of a selected gather).
     """
-    check_tensor(name, index)
-    if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+    if not (isinstance(index, torch.Tensor) and index.dtype in INDEX_DTYPES):
+        check_tensor(name, index)
         raise TypeError(f"{name} must be an integer tensor, got {index.dtype}")
-    check_shape(name, index, shape, "one instance index per (group, position)")
+    if index.shape != shape:
+        check_shape(name, index, shape, "one instance index per (group, position)")
+    if index.is_cpu and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(index)
+        if low.item() >= 0 and high.item() < num_instances:
+            return
     what = f"instance indices must lie in [0, {num_instances - 1}] (num_instances={num_instances})"
     check_values_below([(name, index, num_instances, what)])
 
@@ -258,15 +290,19 @@ def check_values_below(checks: Iterable[tuple[str, torch.Tensor, int, str]]) -> 
     """Each ``(name, t, limit, what)``: integer ``t`` holds values in [0, limit), or
     ``ValueError("{name} holds values in [lo, hi] but {what}")``.
 
-    The minima and maxima of all the tensors come to the host in one read, so the checks
+    One ``aminmax`` per tensor; their bounds come to the host in one read, so the checks
     of a call cost one device sync on CUDA, and none where ``data_checks_run`` says they
     cannot run (the tensors of one call share a device).
     """
     checks = [c for c in checks if c[1].numel() > 0]
     if not checks or not data_checks_run(checks[0][1]):
         return
-    bounds = torch.stack([torch.stack([t.min(), t.max()]).long() for _, t, _, _ in checks])
-    for (name, _, limit, what), (lo, hi) in zip(checks, bounds.tolist(), strict=True):
+    first = checks[0][1]
+    if len(checks) == 1 and first.is_cpu:  # no device sync to save: read both, no stack
+        bounds = [[bound.item() for bound in torch.aminmax(first)]]
+    else:  # the bounds of all, one host read (stack promotes to a common integer dtype)
+        bounds = torch.stack([torch.stack(torch.aminmax(t)) for _, t, _, _ in checks]).tolist()
+    for (name, _, limit, what), (lo, hi) in zip(checks, bounds, strict=True):
         if lo < 0 or hi >= limit:
             raise ValueError(f"{name} holds values in [{lo}, {hi}] but {what}")
 

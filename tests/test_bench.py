@@ -120,6 +120,40 @@ def test_time_call_on_the_cpu_takes_a_median():
     assert t.method == "cpu" and t.ms > 0 and len(calls) > 1
 
 
+def test_cpu_implementations_are_timed_in_interleaved_rounds(monkeypatch):
+    """On the CPU each implementation is timed ``CPU_ROUNDS`` times, in turn (eager,
+    published, cpu, eager, ...), and keeps the median of its rounds."""
+    order, ms = [], iter(range(1, 100))
+
+    def fake(fn, device, *, graph=True):
+        order.append(fn())
+        return timing.Timing(float(next(ms)), "cpu")
+
+    monkeypatch.setattr(microbench, "timed_call", lambda w, impl, mode: lambda: impl)
+    monkeypatch.setattr(timing, "time_call", fake)
+    monkeypatch.setattr(timing, "copy_gbs", lambda nbytes, device: 1.0)
+    impls = ["eager", "published", "cpu"]
+    rows = microbench.measure("hadamard_mux", 2, ["fwd"], impls, TINY, torch.device("cpu"))
+    assert order == impls * timing.CPU_ROUNDS
+    # eager got 1, 4, 7, 10, 13 ms: its median is 7
+    assert {r.impl: r.ms for r in rows} == {"eager": 7.0, "published": 8.0, "cpu": 9.0}
+
+
+def test_cpu_run_uses_one_thread_unless_told_and_restores_the_count(monkeypatch, fake_timer):
+    seen, measure = [], microbench.measure
+
+    def counting(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(microbench, "measure", counting)
+    before = torch.get_num_threads()
+    common = [*TINY_ARGS, "--no-e2e", "--ops", "hadamard_mux", "--n", "2", "--modes", "fwd"]
+    assert cli.main(common) == 0
+    assert cli.main([*common, "--threads", "2"]) == 0
+    assert seen == [1, 2] and torch.get_num_threads() == before
+
+
 def _kernel_results() -> report.Results:
     """A GPU-like results document: eager, compiled, published and triton rows."""
     ops = []

@@ -17,11 +17,10 @@ There are no ``muxkernels::`` operators here: on the CPU, ATen's ops are the ker
 autograd differentiates these functions and torch.compile traces them as they are.
 """
 
-from .demultiplex import demux_gather, index_demux, index_pos_demux, mlp_demux
+from .demultiplex import index_demux, index_pos_demux, mlp_demux
 from .multiplex import embed_mux, hadamard_mux, lowrank_ortho_mux, ortho_mux
 
 __all__ = [
-    "demux_gather",
     "embed_mux",
     "hadamard_mux",
     "index_demux",

@@ -1,10 +1,20 @@
-"""Group chunks that keep a chain of elementwise steps in cache, and the compute dtype."""
+"""What every cpu-backend function shares: the dtypes it computes in, the size below which
+an input counts as small, and group chunks that keep a chain of elementwise steps in cache."""
 
 from __future__ import annotations
 
 import torch
 
+OWN_DTYPES = (torch.float32, torch.float64)  # computed in their own dtype; others in float32
 CHUNK_BYTES = 1 << 20  # working set of one chunk: about a core's L2 cache
+# Below this many elements in the op's largest input, the cost of a call is mostly the
+# number of ATen calls it makes, not its arithmetic, so the forms with fewer calls win.
+SMALL_ELEMENTS = 1 << 14
+
+
+def to_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The tensors in float32 (None stays None): half-precision inputs compute in float32."""
+    return tuple(None if t is None else t.float() for t in tensors)
 
 
 def group_chunks(groups: int, bytes_per_group: int) -> list[slice]:
@@ -14,13 +24,3 @@ def group_chunks(groups: int, bytes_per_group: int) -> list[slice]:
     if per_chunk >= groups or torch.compiler.is_compiling():
         return [slice(0, groups)]
     return [slice(start, min(start + per_chunk, groups)) for start in range(0, groups, per_chunk)]
-
-
-def compute_dtype(data: torch.Tensor) -> torch.dtype:
-    """float64 and float32 data compute in their own dtype, half precision in float32."""
-    return data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, without a call when it already is."""
-    return t if t.dtype == dtype else t.to(dtype)

@@ -1,10 +1,20 @@
 """The demultiplexers on the CPU (formulas: docs/design.md, sections 3-5).
 
-All share u = LN(gelu(a[g,i] + c[g,t])) with a per-instance term a (B' or 1, N, d) and a
-per-position term c (B', L', d), each from one d×d GEMM (the (…, 2d) concatenation is
-never built); gelu runs in place when no gradient is recorded. With a projection
+All share u = LN(gelu(W · [p; h] + b)), computed in whichever form costs the CPU least:
+
+- the token gather (and the index_pos demux) splits W = [W_p | W_h]: a = p W_pᵀ once per
+  (group, instance), c = h W_hᵀ + b once per (group, position), u = LN(gelu(a + c)), so
+  the (…, 2d) concatenation of every (instance, position) pair is never built;
+- the sequence gather builds the N rows [p_i; h_N] of each group and runs one GEMM with
+  W: a few rows, so one GEMM beats two plus the broadcast add;
+- the selected gather picks p_index[g,t] for every position: small inputs build the rows
+  [p; h] and run one GEMM (fewer ops, which is what a small input costs), large ones the
+  split form (half the GEMM: W_p multiplies only the N prefix rows).
+
+gelu runs in place when no gradient is recorded. With a projection
 (``index_demux_logits``) the token gather is built a few groups at a time, so u stays in
-cache and only the chunk's logits leave it.
+cache and only the chunk's logits leave it. float32 and float64 inputs compute in their
+own dtype (their parameters share it: the ops check that), half precision in float32.
 """
 
 from __future__ import annotations
@@ -12,42 +22,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._chunks import cast, compute_dtype, group_chunks
+from ._chunks import OWN_DTYPES, SMALL_ELEMENTS, group_chunks, to_float32
+
+_gelu_ = torch._C._nn.gelu_
+
+Projection = tuple[torch.Tensor, torch.Tensor | None] | None
 
 
 def _gelu_layer_norm(
-    pre: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float
+    pre: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, d: int
 ) -> torch.Tensor:
-    """LN(gelu(pre)) over the last dim; ``pre`` is a fresh tensor, so gelu may overwrite it."""
-    act = F.gelu(pre) if torch.is_grad_enabled() else torch._C._nn.gelu_(pre)
-    return F.layer_norm(act, (pre.shape[-1],), ln_weight, ln_bias, eps)
+    """LN(gelu(pre)) over the last dim (size d); ``pre`` is a fresh tensor, so gelu may
+    overwrite it when no gradient is recorded."""
+    act = F.gelu(pre) if torch.is_grad_enabled() else _gelu_(pre)
+    return torch.layer_norm(act, (d,), ln_weight, ln_bias, eps)
 
 
-def demux_gather(
-    a: torch.Tensor,
-    c: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-    gather: str,
-    index: torch.Tensor | None,
-    sequence_position: int,
-    project: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-) -> torch.Tensor:
-    """u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) gathered as "token" (B', N, L', d), "sequence"
-    (t = ``sequence_position``, (B', N, d)) or "selected" (i = index[g,t], (B', L', d)), in
-    a's and c's dtype; with ``project`` = (weight (K, d), bias (K,) or None), the logits
-    u @ weightᵀ + bias instead, d replaced by K."""
-    if gather == "sequence":
-        pre = a + c[:, sequence_position, None, :]
-    elif gather == "token":
-        return _token(a, c, ln_weight, ln_bias, eps, project)
-    else:  # "selected"
-        groups, n = c.shape[0], a.shape[1]
-        if a.shape[0] > 1:  # row g·N + index[g,t] of a read as (B'·N, d)
-            index = index + n * torch.arange(groups, device=index.device)[:, None]
-        pre = F.embedding(index, a.reshape(-1, a.shape[-1])) + c
-    u = _gelu_layer_norm(pre, ln_weight, ln_bias, eps)
+def _project(u: torch.Tensor, project: Projection) -> torch.Tensor:
     return u if project is None else F.linear(u, *project)
 
 
@@ -57,20 +48,23 @@ def _token(
     ln_weight: torch.Tensor,
     ln_bias: torch.Tensor,
     eps: float,
-    project: tuple[torch.Tensor, torch.Tensor | None] | None,
+    project: Projection,
 ) -> torch.Tensor:
-    """The token gather: u (B', N, L', d) in one piece, or with ``project`` the logits, a few
-    groups at a time."""
-    if project is None:
-        return _gelu_layer_norm(a[:, :, None] + c[:, None], ln_weight, ln_bias, eps)
+    """u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) for every i and t, (B', N, L', d), a (B' or 1,
+    N, d); with ``project`` the logits, built a few groups at a time."""
     groups, length, d = c.shape
-    n = a.shape[1]
+    chunks = []
+    if project is not None:
+        chunks = group_chunks(groups, 2 * a.shape[1] * length * d * c.element_size())
+    if len(chunks) <= 1:  # in one piece
+        u = _gelu_layer_norm(a.unsqueeze(2) + c.unsqueeze(1), ln_weight, ln_bias, eps, d)
+        return _project(u, project)
     outputs = []
-    for chunk in group_chunks(groups, 2 * n * length * d * c.element_size()):
+    for chunk in chunks:
         a_chunk = a if a.shape[0] == 1 else a[chunk]
-        u = _gelu_layer_norm(a_chunk[:, :, None] + c[chunk, None], ln_weight, ln_bias, eps)
-        outputs.append(F.linear(u, *project))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        pre = a_chunk.unsqueeze(2) + c[chunk].unsqueeze(1)
+        outputs.append(F.linear(_gelu_layer_norm(pre, ln_weight, ln_bias, eps, d), *project))
+    return torch.cat(outputs)
 
 
 def index_demux(
@@ -83,27 +77,38 @@ def index_demux(
     eps: float,
     gather: str = "token",
     index: torch.Tensor | None = None,
-    project: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    project: Projection = None,
 ) -> torch.Tensor:
-    """Index demux: a = h[:, :N] W_pᵀ, c = h W_hᵀ + b, u = LN(gelu(a + c)); with ``project``,
-    the logits of a Linear on u. The sequence gather reads c at t = N only and adds it
-    inside the batched GEMM of a (``baddbmm``)."""
-    n, d = num_instances, hidden.shape[-1]
-    ct = compute_dtype(hidden)
-    h, w, b = cast(hidden, ct), cast(weight, ct), cast(bias, ct)
-    lw, lb = cast(ln_weight, ct), cast(ln_bias, ct)
-    if project is not None:
-        project = (cast(project[0], ct), None if project[1] is None else cast(project[1], ct))
-    if gather == "sequence":
-        c = F.linear(h[:, n], w[:, d:], b).unsqueeze(1)  # (B', 1, d)
-        pre = torch.baddbmm(c, h[:, :n], w[:, :d].t().expand(h.shape[0], d, d))
-        u = _gelu_layer_norm(pre, lw, lb, eps)
-        u = u if project is None else F.linear(u, *project)
-    else:
-        a = F.linear(h[:, :n], w[:, :d])
-        c = F.linear(h, w[:, d:], b)
-        u = demux_gather(a, c, lw, lb, eps, gather, index, n, project)
-    return cast(u, hidden.dtype)
+    """Index demux on h (B', L', d) with p = h[:, :N]: "token" (B', N, L', d), "sequence"
+    at t = N (B', N, d), "selected" with p = p[g, index[g,t]] (B', L', d), int64 index;
+    with ``project`` = (weight (K, d), bias (K,) or None), the logits of a Linear on u."""
+    if hidden.dtype not in OWN_DTYPES:
+        args = to_float32(hidden, weight, bias, ln_weight, ln_bias, *(project or ()))
+        project = None if project is None else (args[5], args[6])
+        u = index_demux(*args[:5], num_instances, eps, gather, index, project)
+        return u.to(hidden.dtype)
+    n = num_instances
+    groups, length, d = hidden.shape
+    if gather == "sequence":  # the N rows [p_i; h_N] of every group, one GEMM
+        p = hidden[:, :n]
+        rows = torch.cat((p, hidden[:, n : n + 1].expand(groups, n, d)), 2)
+        u = _gelu_layer_norm(F.linear(rows, weight, bias), ln_weight, ln_bias, eps, d)
+        return _project(u, project)
+    if gather == "selected" and groups * length * d <= SMALL_ELEMENTS:
+        group_ids = torch.arange(groups, device=hidden.device).unsqueeze(1)
+        rows = torch.cat((hidden[group_ids, index], hidden), 2)  # [p_index[g,t]; h[g,t]]
+        u = _gelu_layer_norm(F.linear(rows, weight, bias), ln_weight, ln_bias, eps, d)
+        return _project(u, project)
+    small = groups * length * d <= SMALL_ELEMENTS
+    # a small input multiplies every row by W_p and keeps the prefix's: that costs less
+    # than copying the N prefix rows out for their GEMM
+    a = F.linear(hidden, weight[:, :d])[:, :n] if small else F.linear(hidden[:, :n], weight[:, :d])
+    c = F.linear(hidden, weight[:, d:], bias)
+    if gather == "token":
+        return _token(a, c, ln_weight, ln_bias, eps, project)
+    group_ids = torch.arange(groups, device=hidden.device).unsqueeze(1)
+    pre = a[group_ids, index] + c
+    return _project(_gelu_layer_norm(pre, ln_weight, ln_bias, eps, d), project)
 
 
 def index_pos_demux(
@@ -118,14 +123,17 @@ def index_pos_demux(
     index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """index_pos demux: a = k W_kᵀ + b (once, shared by every group), c = h W_hᵀ (only at
-    t = 0 for the sequence gather), u = LN(gelu(a + c))."""
+    t = 0 for the sequence gather), u = LN(gelu(a + c)); int64 index."""
+    if hidden.dtype not in OWN_DTYPES:
+        args = to_float32(hidden, keys, weight, bias, ln_weight, ln_bias)
+        return index_pos_demux(*args, eps, gather, index).to(hidden.dtype)
     d = hidden.shape[-1]
-    ct = compute_dtype(hidden)
-    h, w = cast(hidden, ct), cast(weight, ct)
-    a = F.linear(cast(keys, ct), w[:, :d], cast(bias, ct))[None]
-    c = F.linear(h[:, :1] if gather == "sequence" else h, w[:, d:])
-    u = demux_gather(a, c, cast(ln_weight, ct), cast(ln_bias, ct), eps, gather, index, 0)
-    return cast(u, hidden.dtype)
+    a = F.linear(keys, weight[:, :d], bias)  # (N, d)
+    c = F.linear(hidden[:, :1] if gather == "sequence" else hidden, weight[:, d:])
+    if gather == "token":
+        return _token(a.unsqueeze(0), c, ln_weight, ln_bias, eps, None)
+    pre = a + c if gather == "sequence" else F.embedding(index, a) + c
+    return _gelu_layer_norm(pre, ln_weight, ln_bias, eps, d)
 
 
 def mlp_demux(
@@ -139,10 +147,11 @@ def mlp_demux(
     """MLP demux: pre = h @ [W_1; …; W_N]ᵀ + b (one GEMM), u_i = LN_i(gelu(pre_i)); the
     LayerNorm normalises every branch in one call, then applies each branch's affine.
     Returns (B', N, L, d) (a transposed view of the (B', L, N, d) result)."""
+    if hidden.dtype not in OWN_DTYPES:
+        args = to_float32(hidden, weight, bias, ln_weight, ln_bias)
+        return mlp_demux(*args, eps).to(hidden.dtype)
     n, d, _ = weight.shape
-    ct = compute_dtype(hidden)
-    pre = F.linear(cast(hidden, ct), cast(weight, ct).reshape(n * d, d), cast(bias, ct).reshape(-1))
-    act = F.gelu(pre) if torch.is_grad_enabled() else torch._C._nn.gelu_(pre)
-    normed = F.layer_norm(act.unflatten(-1, (n, d)), (d,), eps=eps)
-    u = torch.addcmul(cast(ln_bias, ct), normed, cast(ln_weight, ct))
-    return cast(u.transpose(1, 2), hidden.dtype)
+    pre = F.linear(hidden, weight.reshape(n * d, d), bias.reshape(-1))
+    act = F.gelu(pre) if torch.is_grad_enabled() else _gelu_(pre)
+    normed = torch.layer_norm(act.unflatten(-1, (n, d)), (d,), None, None, eps)
+    return torch.addcmul(ln_bias, normed, ln_weight).transpose(1, 2)

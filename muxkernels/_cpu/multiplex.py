@@ -11,38 +11,41 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._chunks import cast, compute_dtype, group_chunks
+from ._chunks import OWN_DTYPES, group_chunks, to_float32
 
 
 def hadamard_mux(embeddings: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """x[g,t] = Σ_i (v_i / N) ⊙ E[g,i,t]: one multiply and one reduction over instances."""
-    ct = compute_dtype(embeddings)
-    scaled = cast(vectors, ct) * (1.0 / embeddings.shape[1])
-    x = torch.linalg.vecdot(cast(embeddings, ct), scaled.unsqueeze(1), dim=1)
-    return cast(x, embeddings.dtype)
+    """x[g,t] = (1/N) Σ_i v_i ⊙ E[g,i,t]: one product and one mean over instances."""
+    if embeddings.dtype not in OWN_DTYPES:
+        return hadamard_mux(*to_float32(embeddings, vectors)).to(embeddings.dtype)
+    return torch.mul(embeddings, vectors.unsqueeze(1)).mean(1)
 
 
 def ortho_mux(embeddings: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """x = E' @ [P_1ᵀ; …; P_Nᵀ] / √N, one GEMM with inner dimension N·d, E' = E read as
     (B'·L, N·d) (a permuted copy of E, or of nothing when B' = 1)."""
+    if embeddings.dtype not in OWN_DTYPES:
+        return ortho_mux(*to_float32(embeddings, matrices)).to(embeddings.dtype)
     groups, n, length, d = embeddings.shape
-    ct = compute_dtype(embeddings)
-    rows = cast(embeddings, ct).transpose(1, 2).reshape(groups * length, n * d)
-    stacked = cast(matrices, ct).transpose(1, 2).reshape(n * d, d) * (1.0 / math.sqrt(n))
-    return cast((rows @ stacked).view(groups, length, d), embeddings.dtype)
+    rows = embeddings.transpose(1, 2).reshape(groups * length, n * d)
+    stacked = matrices.transpose(1, 2).reshape(n * d, d)
+    return torch.mm(rows, stacked).mul_(1.0 / math.sqrt(n)).view(groups, length, d)
 
 
 def lowrank_ortho_mux(embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """x[g,t] = N^(-1/2) U[:, :N·c] concat_i(H[:, S_i]ᵀ E[g,i,t]), c = d // N: one batched
-    GEMM over the instances (each with its block of H), then one GEMM with U."""
+    GEMM over the instances (E read instance-major, each instance with its block of H),
+    then one GEMM with U."""
+    if embeddings.dtype not in OWN_DTYPES:
+        return lowrank_ortho_mux(*to_float32(embeddings, u, h)).to(embeddings.dtype)
     groups, n, length, d = embeddings.shape
-    c = d // n
-    ct = compute_dtype(embeddings)
-    blocks = cast(h, ct)[:, : n * c].view(d, n, c).transpose(0, 1)  # (N, d, c)
-    z = torch.matmul(cast(embeddings, ct), blocks)  # (B', N, L, c)
-    z = z.transpose(1, 2).reshape(groups, length, n * c)
-    x = F.linear(z, cast(u, ct)[:, : n * c]) * (1.0 / math.sqrt(n))
-    return cast(x, embeddings.dtype)
+    width = n * (d // n)  # N·c: the columns of U and H the instances use
+    if width < d:
+        u, h = u[:, :width], h[:, :width]
+    blocks = h.view(d, n, width // n).transpose(0, 1)  # (N, d, c)
+    per_instance = embeddings.transpose(0, 1).reshape(n, groups * length, d)
+    z = torch.bmm(per_instance, blocks).transpose(0, 1).reshape(groups * length, width)
+    return torch.mm(z, u.t()).mul_(1.0 / math.sqrt(n)).view(groups, length, d)
 
 
 def embed_mux(
@@ -68,35 +71,38 @@ def embed_mux(
     they are the same). Built a few groups at a time, so the N per-instance embeddings of
     a chunk stay in cache.
     """
+    if word_embeddings.dtype not in OWN_DTYPES:
+        params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
+        ids = (position_ids, token_type_ids, mixed_position_ids, mixed_token_type_ids)
+        x = embed_mux(input_ids, *to_float32(*params, vectors), *ids, eps)
+        return x.to(word_embeddings.dtype)
     groups, n, length = input_ids.shape
-    d = word_embeddings.shape[1]
-    ct = compute_dtype(word_embeddings)
-    word, pos, typ = (
-        cast(t, ct) for t in (word_embeddings, position_embeddings, token_type_embeddings)
-    )
-    ln_w, ln_b = cast(ln_weight, ct), cast(ln_bias, ct)
-    weights = cast(vectors, ct).unsqueeze(1)  # (N, 1, d)
+    word, pos, typ = word_embeddings, position_embeddings, token_type_embeddings
+    d = word.shape[1]
+    weights = vectors.unsqueeze(1)  # (N, 1, d)
     first = _shared_rows(pos, typ, position_ids, token_type_ids, length)
     same = position_ids is mixed_position_ids and token_type_ids is mixed_token_type_ids
     second = (
         first if same else _shared_rows(pos, typ, mixed_position_ids, mixed_token_type_ids, length)
     )
+    chunks = group_chunks(groups, 3 * n * length * d * word.element_size())
     outputs = []
-    for chunk in group_chunks(groups, 3 * n * length * d * word.element_size()):
-        s = F.embedding(input_ids[chunk], word)
+    for chunk in chunks:
+        s = F.embedding(input_ids if len(chunks) == 1 else input_ids[chunk], word)
         if first is None:
             s = s + _rows(pos, position_ids, chunk, length) + _rows(typ, token_type_ids, chunk, 1)
         else:
             s = s + first
-        mixed = torch.linalg.vecdot(F.layer_norm(s, (d,), ln_w, ln_b, eps), weights, dim=1)
+        normed = torch.layer_norm(s, (d,), ln_weight, ln_bias, eps)
+        mixed = torch.linalg.vecdot(normed, weights, dim=1)
         if second is None:
             added = _rows(pos, mixed_position_ids, chunk, length)
             added = added + _rows(typ, mixed_token_type_ids, chunk, 1)
         else:
             added = second
-        outputs.append(F.layer_norm(torch.add(added, mixed, alpha=1.0 / n), (d,), ln_w, ln_b, eps))
-    x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return cast(x, word_embeddings.dtype)
+        pre = torch.add(added, mixed, alpha=1.0 / n)
+        outputs.append(torch.layer_norm(pre, (d,), ln_weight, ln_bias, eps))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def _shared_rows(

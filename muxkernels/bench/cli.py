@@ -3,9 +3,10 @@
 On a GPU (the default when one is present): every op × implementation × mode at N in
 {2, 5, 10, 20, 40}, d=768, L=128, bf16, then the end-to-end throughput against N (a
 12-layer, 768-wide encoder, published layers vs ours). On the CPU: the same harness on the
-cpu backend (and the reference) at small sizes and a small encoder; kernel timings need a
-GPU. A failure (an implementation, a workload, the end-to-end run) is recorded in the
-results and the run goes on; with --out, every finished (op, N) is on disk at once.
+cpu backend (and the reference) at small sizes and a small encoder, on one thread, the
+implementations timed in interleaved rounds; kernel timings need a GPU. A failure (an
+implementation, a workload, the end-to-end run) is recorded in the results and the run
+goes on; with --out, every finished (op, N) is on disk at once.
 
     muxkernels bench                                  # everything, tables on screen
     muxkernels bench --out results/ --readme README.md   # + JSON, CSV, PNG; README section
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
         epilog=plain("\n\n".join(__doc__.split("\n\n")[1:])),
     )
     p.add_argument("--device", type=device, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads (default: 1 on the CPU, where the benchmark sizes "
+                   "are too small for a second thread to pay, and waiting for one on a busy "
+                   "machine swamps the timings; torch's default on a GPU)")  # fmt: skip
     ops = p.add_argument_group("ops")
     ops.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     ops.add_argument("--n", type=positive_int, nargs="+", default=list(NS), help="the Ns")
@@ -131,9 +136,9 @@ def _meta(
     if gpu:
         name = torch.cuda.get_device_name(device)
     else:
-        name = (
-            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        )
+        threads = torch.get_num_threads()
+        plural = "" if threads == 1 else "s"
+        name = f"CPU ({platform.processor() or platform.machine()}, {threads} thread{plural})"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": name,
@@ -322,9 +327,20 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(report.text_table(results["ops"], report.OPS_COLUMNS))
         _emit(results, args)
         return 0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or (threads if gpu else 1))
+    try:
+        return _measure(args, argv, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(args: argparse.Namespace, argv: list[str], device: torch.device) -> int:
+    """Everything a run measures, on ``device``, then its output."""
     start = time.monotonic()
     deadline = math.inf if args.budget_s is None else start + args.budget_s
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
     sizes, size = _sizes(args, gpu), _encoder_size(args, gpu)
     command = " ".join(["muxkernels bench", *argv])

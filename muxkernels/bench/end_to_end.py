@@ -17,6 +17,7 @@ N = 1 baseline's instances/s (same task).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -199,11 +200,17 @@ def _baseline_times(
 ) -> dict[int, float]:
     """Median ms of the N = 1 baseline pass at each batch size B (NaN when out of memory)."""
     baseline = build_pipelines(backbone, task, 1, seed=seed)["baseline"]
-    times = {}
-    for b in batch_sizes:
-        ids = random_ids(b, backbone.size, 1, seed=seed, device=device)
-        times[b] = _time_pass(baseline, ids, device)
-    return times
+    ids = {b: random_ids(b, backbone.size, 1, seed=seed, device=device) for b in batch_sizes}
+    passes: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    for _ in range(timing.rounds(device)):  # interleaved, see timing.rounds
+        for b in batch_sizes:
+            passes[b].append(_time_pass(baseline, ids[b], device))
+    return {b: _median(ms) for b, ms in passes.items()}
+
+
+def _median(ms: list[float]) -> float:
+    """The median of a pass's rounds; NaN when one ran out of memory."""
+    return math.nan if any(map(math.isnan, ms)) else statistics.median(ms)
 
 
 def _row(task: str, n: int, impl: str, groups: int, ms: float, best: float) -> ThroughputRow:
@@ -251,7 +258,11 @@ def run_end_to_end(
         for n in ns:
             pipelines = build_pipelines(backbone, task, n, seed=seed)
             ids = random_ids(groups * n, size, n, seed=seed, device=device)
-            for impl, pipeline in pipelines.items():
-                rows.append(_row(task, n, impl, groups, _time_pass(pipeline, ids, device), best))
+            passes: dict[str, list[float]] = {impl: [] for impl in pipelines}
+            for _ in range(timing.rounds(device)):  # interleaved, see timing.rounds
+                for impl, pipeline in pipelines.items():
+                    passes[impl].append(_time_pass(pipeline, ids, device))
+            for impl, ms in passes.items():
+                rows.append(_row(task, n, impl, groups, _median(ms), best))
                 log(_describe(rows[-1]))
     return rows

@@ -100,17 +100,7 @@ def measure(
     peak = timing.matmul_tflops(*w.gemm, sizes.dtype, device) if w.gemm else math.nan
     rows: list[Row] = []
     for mode in modes:
-        times: dict[str, timing.Timing | str] = {}  # a timing, or the error text
-        for impl in (i for i in impls if i in w.impls):
-            try:
-                with timing.side_stream(device):  # the kept forward on the capture stream
-                    times[impl] = timing.time_call(timed_call(w, impl, mode), device)
-            except Exception as err:  # any failure: recorded in its row, the run goes on
-                times[impl] = error_text(err)
-                log(f"failed: {op} N={n} {mode} {impl}: {times[impl]}")
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        times = _time_impls(w, mode, [i for i in impls if i in w.impls], device, log)
         base = {b: _ms(times.get(b)) for b in BASELINES}
         for impl, t in times.items():
             if isinstance(t, str):
@@ -125,6 +115,28 @@ def measure(
                     _ratio(tflops, peak), *(_ratio(base[b], t.ms) for b in BASELINES))
             )  # fmt: skip
     return rows
+
+
+def _time_impls(
+    w: Workload, mode: str, impls: list[str], device: torch.device, log: Callable[[str], None]
+) -> dict[str, timing.Timing | str]:
+    """Each implementation's timing of ``w`` in ``mode``, or its error text. Timed in turn,
+    ``timing.rounds(device)`` times (interleaved, so the load of a shared CPU affects them
+    alike), keeping each one's median; a failure is recorded once and not retried."""
+    rounds: dict[str, list[timing.Timing]] = {impl: [] for impl in impls}
+    errors: dict[str, str] = {}
+    for _ in range(timing.rounds(device)):
+        for impl in (i for i in impls if i not in errors):
+            try:
+                with timing.side_stream(device):  # the kept forward on the capture stream
+                    rounds[impl].append(timing.time_call(timed_call(w, impl, mode), device))
+            except Exception as err:  # any failure: recorded in its row, the run goes on
+                errors[impl] = error_text(err)
+                log(f"failed: {w.op} N={w.n} {mode} {impl}: {errors[impl]}")
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return {impl: errors.get(impl) or timing.median_of(rounds[impl]) for impl in impls}
 
 
 def _ms(t: timing.Timing | str | None) -> float:

@@ -6,7 +6,8 @@ replay, so the time is the GPU's alone and Python's launch cost (tens of microse
 per op, the same for every implementation) does not hide the kernels; a call that cannot
 be captured is timed directly, and the result says which. On the CPU, times are
 ``torch.utils.benchmark`` medians. A copy of the op's own byte count gives the bandwidth
-ceiling and ``torch.matmul`` of the op's GEMM shape the compute ceiling.
+ceiling and ``torch.matmul`` of the op's GEMM shape the compute ceiling. On the CPU,
+implementations compared side by side are timed in interleaved rounds (``rounds``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from dataclasses import dataclass
 import torch
 
 WARMUP_MS, REP_MS = 5, 25  # do_bench's warm-up and measuring windows per timing
-CPU_MIN_RUN_S = 0.05  # torch.utils.benchmark's minimum measuring time per timing on the CPU
+CPU_MIN_RUN_S = 0.02  # torch.utils.benchmark's minimum measuring time per timing on the CPU
+# On the CPU, implementations compared with each other are timed in turn, this many rounds
+# (interleaved), and each keeps the median of its rounds: the load of a shared machine
+# drifts over seconds, so timing one implementation after the other skews their ratios.
+CPU_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,19 @@ def time_call(fn: Callable[[], object], device: torch.device, *, graph: bool = T
 
     timer = Timer("fn()", globals={"fn": fn})
     return Timing(timer.blocked_autorange(min_run_time=CPU_MIN_RUN_S).median * 1e3, "cpu")
+
+
+def rounds(device: torch.device) -> int:
+    """How many interleaved rounds implementations compared side by side get here: one on a
+    GPU (do_bench's median is steady there), ``CPU_ROUNDS`` on the CPU."""
+    return CPU_ROUNDS if device.type == "cpu" else 1
+
+
+def median_of(timings: list[Timing]) -> Timing:
+    """The median of several rounds' timings of one call (the lower middle one of an even
+    number), with its method."""
+    ordered = sorted(timings, key=lambda t: t.ms)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def median_ms(fn: Callable[[], object], device: torch.device, *, graph: bool = True) -> float:

@@ -1,0 +1,145 @@
+"""The cpu backend's size-dependent forms against the float64 reference.
+
+The cpu backend picks, by input size, the form with the fewest ATen calls (small inputs)
+or the least arithmetic (large ones), and builds the projected token gather a few groups
+at a time past ``CHUNK_BYTES``; the op tables of the other tests use small inputs only.
+Here every demultiplexer and gather runs on both sides of ``SMALL_ELEMENTS`` and across
+chunks, in float32, float64 and bfloat16 (computed in float32), forward and gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import BACKEND, assert_close, float64_grads, randn
+
+import muxkernels as mk
+from muxkernels import reference
+from muxkernels._cpu import _chunks
+
+N, D = 3, 16
+# (B', L): B'·L'·d below SMALL_ELEMENTS, and above it (L' = L + N + 1)
+SIZES = {"small": (2, 5), "large": (3, _chunks.SMALL_ELEMENTS // (3 * D) + 1)}
+GATHERS = ("token", "sequence", "selected")
+
+
+def _inputs(groups: int, length: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    prefixed = length + N + 1
+    return {
+        "hidden": randn(groups, prefixed, D, generator=1, dtype=dtype),
+        "weight": randn(D, 2 * D, generator=2, dtype=dtype, scale=D**-0.5),
+        "bias": randn(D, generator=3, dtype=dtype),
+        "ln_weight": randn(D, generator=4, dtype=dtype),
+        "ln_bias": randn(D, generator=5, dtype=dtype),
+        "keys": randn(N, D, generator=6, dtype=dtype),
+        "proj_weight": randn(5, D, generator=7, dtype=dtype, scale=D**-0.5),
+        "proj_bias": randn(5, generator=8, dtype=dtype),
+    }
+
+
+def _index(groups: int, length: int) -> torch.Tensor:
+    return torch.randint(0, N, (groups, length), generator=torch.Generator().manual_seed(9))
+
+
+def _index_demux(x, gather, index, backend, project=False):
+    demux = (x["hidden"], x["weight"], x["bias"], x["ln_weight"], x["ln_bias"])
+    kwargs = {"num_instances": N, "gather": gather, "index": index, "backend": backend}
+    if project:
+        return mk.index_demux_logits(*demux, x["proj_weight"], x["proj_bias"], **kwargs)
+    return mk.index_demux(*demux, **kwargs)
+
+
+def _index_pos_demux(x, gather, index, backend):
+    args = (x["hidden"], x["keys"], x["weight"], x["bias"], x["ln_weight"], x["ln_bias"])
+    return mk.index_pos_demux(*args, gather=gather, index=index, backend=backend)
+
+
+DEMUX = ("hidden", "weight", "bias", "ln_weight", "ln_bias")
+READS = {  # the inputs each case reads (its differentiable leaves)
+    "index_demux": DEMUX,
+    "index_demux_logits": (*DEMUX, "proj_weight", "proj_bias"),
+    "index_pos_demux": (*DEMUX, "keys"),
+}
+CASES = {
+    "index_demux": lambda x, g, i, be: _index_demux(x, g, i, be),
+    "index_demux_logits": lambda x, g, i, be: _index_demux(x, g, i, be, project=True),
+    "index_pos_demux": _index_pos_demux,
+}
+
+
+def _index_for(gather: str, x: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    if gather != "selected":
+        return None
+    return _index(*x["hidden"].shape[:2])
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("gather", GATHERS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_forward_matches_float64_reference(case, gather, size, dtype):
+    x = _inputs(*SIZES[size], dtype)
+    index = _index_for(gather, x)
+    got = CASES[case](x, gather, index, "cpu")
+    x64 = {k: v.double() for k, v in x.items()}
+    want = CASES[case](x64, gather, index, "reference")
+    assert got.dtype == dtype
+    assert_close(got, want, BACKEND)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("gather", GATHERS)
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_match_float64_reference(case, gather, size):
+    x = _inputs(*SIZES[size], torch.float32)
+    index = _index_for(gather, x)
+    names = READS[case]
+
+    def run(backend):
+        def call(*leaves):
+            return CASES[case](
+                dict(x, **dict(zip(names, leaves, strict=True))), gather, index, backend
+            )
+
+        return call
+
+    leaves = [x[name].clone().requires_grad_() for name in names]
+    out = run("cpu")(*leaves)
+    grad_out = randn(*out.shape, generator=10, dtype=out.dtype)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = float64_grads(run("reference"), [x[name] for name in names], grad_out)
+    for name, g, w in zip(names, got, want, strict=True):
+        assert_close(g, w, BACKEND, what=name)
+
+
+def test_projected_token_gather_in_chunks(monkeypatch):
+    """Chunks of one group each (the chunk's intermediates exceed CHUNK_BYTES): the same
+    logits as in one piece."""
+    x = _inputs(4, 6, torch.float64)
+    whole = _index_demux(x, "token", None, "cpu", project=True)
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 1)
+    assert len(_chunks.group_chunks(4, 10)) == 4
+    chunked = _index_demux(x, "token", None, "cpu", project=True)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_selected_gather_reads_only_the_prefix_rows(size):
+    """The selected gather's p is h[g, index[g,t]] among the N prefix rows: changing any
+    other hidden row changes only the c term of its own position."""
+    groups, length = SIZES[size]
+    x = _inputs(groups, length, torch.float64)
+    index = _index(groups, length + N + 1)
+    base = _index_demux(x, "selected", index, "cpu")
+    moved = dict(x, hidden=x["hidden"].clone())
+    moved["hidden"][:, -1] += 1.0  # the last position: never an index row (L >= 1)
+    changed = _index_demux(moved, "selected", index, "cpu")
+    torch.testing.assert_close(changed[:, :-1], base[:, :-1], rtol=0, atol=0)
+    want = reference.index_demux(
+        *(moved[k] for k in ("hidden", "weight", "bias", "ln_weight", "ln_bias")),
+        N,
+        1e-5,
+        "selected",
+        index,
+    )
+    torch.testing.assert_close(changed, want, rtol=1e-12, atol=1e-12)
