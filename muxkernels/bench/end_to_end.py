@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -34,6 +34,7 @@ from ..transforms import gaussian_vectors
 from . import published, timing
 
 Pipeline = Callable[[torch.Tensor], torch.Tensor]
+Key = Hashable  # what names a pass among those timed side by side (an impl, a batch size)
 INIT_STD = 0.02  # the published initializer_range
 
 
@@ -200,17 +201,25 @@ def _baseline_times(
 ) -> dict[int, float]:
     """Median ms of the N = 1 baseline pass at each batch size B (NaN when out of memory)."""
     baseline = build_pipelines(backbone, task, 1, seed=seed)["baseline"]
-    ids = {b: random_ids(b, backbone.size, 1, seed=seed, device=device) for b in batch_sizes}
-    passes: dict[int, list[float]] = {b: [] for b in batch_sizes}
-    for _ in range(timing.rounds(device)):  # interleaved, see timing.rounds
-        for b in batch_sizes:
-            passes[b].append(_time_pass(baseline, ids[b], device))
-    return {b: _median(ms) for b, ms in passes.items()}
+    return time_passes(
+        {b: (baseline, random_ids(b, backbone.size, 1, seed=seed, device=device))
+         for b in batch_sizes},
+        device,
+    )  # fmt: skip
 
 
-def _median(ms: list[float]) -> float:
-    """The median of a pass's rounds; NaN when one ran out of memory."""
-    return math.nan if any(map(math.isnan, ms)) else statistics.median(ms)
+def time_passes(passes: dict[Key, tuple[Pipeline, torch.Tensor]], device: torch.device) -> dict:
+    """Median ms of each ``(pipeline, ids)`` pass (NaN when one ran out of memory), the
+    passes timed in turn, ``timing.rounds(device)`` times (interleaved: the load of a
+    shared CPU affects them alike), each keeping the median of its rounds."""
+    ms: dict[Key, list[float]] = {key: [] for key in passes}
+    for _ in range(timing.rounds(device)):
+        for key, (pipeline, ids) in passes.items():
+            ms[key].append(_time_pass(pipeline, ids, device))
+    return {
+        key: math.nan if any(map(math.isnan, times)) else statistics.median(times)
+        for key, times in ms.items()
+    }
 
 
 def _row(task: str, n: int, impl: str, groups: int, ms: float, best: float) -> ThroughputRow:
@@ -258,11 +267,8 @@ def run_end_to_end(
         for n in ns:
             pipelines = build_pipelines(backbone, task, n, seed=seed)
             ids = random_ids(groups * n, size, n, seed=seed, device=device)
-            passes: dict[str, list[float]] = {impl: [] for impl in pipelines}
-            for _ in range(timing.rounds(device)):  # interleaved, see timing.rounds
-                for impl, pipeline in pipelines.items():
-                    passes[impl].append(_time_pass(pipeline, ids, device))
-            for impl, ms in passes.items():
-                rows.append(_row(task, n, impl, groups, _median(ms), best))
+            passes = {impl: (pipeline, ids) for impl, pipeline in pipelines.items()}
+            for impl, ms in time_passes(passes, device).items():
+                rows.append(_row(task, n, impl, groups, ms, best))
                 log(_describe(rows[-1]))
     return rows
