@@ -2,9 +2,10 @@
 
 For each N it trains a fresh ``MultiplexedCNN`` on 80% of the 1,797 digits (a fixed-seed
 split; the other 20% are held out) and prints the held-out accuracy, averaged over five
-random groupings of the test images into N, and the inference images/s against N. Then it
-trains every published multiplexer mode at N = 4 with the same network. scikit-learn is
-optional (``pip install scikit-learn``); it only supplies the bundled data set.
+random groupings of the test images into N, and the inference images/s against N. When
+N = 4 is one of the Ns, it also trains every published multiplexer mode at N = 4 with the
+same network. scikit-learn is optional (``pip install scikit-learn``); it only supplies
+the bundled data set.
 """
 
 from __future__ import annotations

@@ -135,10 +135,13 @@ def images_per_second(
     model.eval()
     count = groups * model.num_instances
     batch = images.repeat(math.ceil(count / images.shape[0]), 1, 1, 1)[:count]
+    sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
     model(batch)  # warm up
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         model(batch)
+        sync()  # a CUDA pass has finished only when the device has
         times.append(time.perf_counter() - start)
     return count / sorted(times)[len(times) // 2]
