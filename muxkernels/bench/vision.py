@@ -28,7 +28,7 @@ from ..nn.image_multiplexer import ImageMultiplexer
 from ..ops.hadamard_mux import KERNEL_BACKENDS as HADAMARD_BACKENDS
 from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
 from . import published, published_vision
-from .end_to_end import ThroughputRow, _describe, _row, _time_pass
+from .end_to_end import ThroughputRow, _describe, _row, time_passes
 
 if TYPE_CHECKING:
     from .workloads import Sizes, Workload
@@ -137,10 +137,11 @@ def run_cnn_end_to_end(
     batch_sizes = batch_sizes or CNN_BATCH_SIZES["cuda" if device.type == "cuda" else "cpu"]
     rows: list[ThroughputRow] = []
     baseline = _baseline(_cnn(1, device, dtype, seed), seed)
-    times = {}
-    for b in batch_sizes:
-        images = torch.randn(b, *CNN_IMAGE, device=device, dtype=dtype)
-        times[b] = _time_pass(baseline, images, device)
+    times = time_passes(
+        {b: (baseline, torch.randn(b, *CNN_IMAGE, device=device, dtype=dtype))
+         for b in batch_sizes},
+        device,
+    )  # fmt: skip
     rates = {b: b * 1e3 / ms for b, ms in times.items() if not math.isnan(ms)}
     if not rates:
         raise RuntimeError(f"{CNN_TASK}: the N=1 baseline ran out of memory at every batch size")
@@ -151,12 +152,11 @@ def run_cnn_end_to_end(
     for n in (n for n in ns if n > 1):
         model = _cnn(n, device, dtype, seed)
         images = torch.randn(groups, n, *CNN_IMAGE, device=device, dtype=dtype)
-        pipelines = {
-            "published": lambda x, model=model: published_vision.mux_lenet(model, x),
-            "muxkernels": lambda x, model=model: torch.tanh(model(x)),
+        passes = {
+            "published": (lambda x, model=model: published_vision.mux_lenet(model, x), images),
+            "muxkernels": (lambda x, model=model: torch.tanh(model(x)), images),
         }
-        for impl, pipeline in pipelines.items():
-            rows.append(_row(CNN_TASK, n, impl, groups, _time_pass(pipeline, images, device),
-                             rates[groups]))  # fmt: skip
+        for impl, ms in time_passes(passes, device).items():  # side by side, interleaved
+            rows.append(_row(CNN_TASK, n, impl, groups, ms, rates[groups]))
             log(_describe(rows[-1]))
     return rows
