@@ -70,7 +70,7 @@ class Setup:
     epochs: dict[int, int] = field(default_factory=lambda: {1: 30, 2: 80, 4: 160, 8: 250, 16: 150})
     augment_up_to: int = 2  # random 1-pixel shifts of the training images for N <= this
     label_smoothing: float = 0.1
-    mode_epochs: int = 15
+    mode_epochs: int = 10
     groupings: int = 5
     speed_groups: int = 128
     max_train_images: int | None = None  # None: all of them; fewer for a quick run
