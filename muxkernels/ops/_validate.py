@@ -49,6 +49,11 @@ def transform(
     data_name: str = "embeddings",
 ) -> None:
     """A transform tensor: a float tensor of the given rank on the data's device."""
+    if isinstance(data, torch.Tensor) and isinstance(t, torch.Tensor) and t.dtype is data.dtype:
+        shape = t.shape
+        fits = len(shape) == rank and 0 not in shape and t.dtype in FLOAT_DTYPE_SET
+        if fits and (t.is_cpu if data.is_cpu else t.device == data.device):
+            return  # the common case, read once
     check_tensor(data_name, data)
     check_float_tensor(name, t, rank, layout)
     if t.dtype != data.dtype:
