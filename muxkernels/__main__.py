@@ -1,5 +1,5 @@
-"""Command line: ``muxkernels info``, ``check``, ``demo``, ``convert`` and ``bench`` (also
-``python -m muxkernels``)."""
+"""Command line: ``muxkernels info``, ``check``, ``demo``, ``convert``, ``bench`` and ``gate``
+(also ``python -m muxkernels``)."""
 
 from __future__ import annotations
 
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--device", type=device, help="cpu or cuda (default: cuda when available)")
     check.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32", "bfloat16"])
     sub.add_parser("bench", help="benchmarks: muxkernels bench --help", add_help=False)
+    from .gate.cli import add_arguments as gate_arguments
+
+    gate_arguments(command("gate", "compile every kernel for sm_90 (no GPU) and check it"))
     demo = command("demo", "train the retrieval warm-up (or digits) for several N on the CPU")
     demo.add_argument("--task", choices=("retrieval", "digits"), default="retrieval",
                       help="retrieval: the DataMUX warm-up; digits: multiplexed CNNs on "
@@ -139,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_or_report("muxkernels demo", lambda: _demo(args))
     if args.command == "convert":
         return convert_cli.run(args)
+    if args.command == "gate":
+        from .gate.cli import run as gate
+
+        return run_or_report("muxkernels gate", lambda: gate(args))
     return run_or_report("muxkernels check", lambda: _check(args))
 
 

@@ -282,8 +282,24 @@ def _mlp_demux(n: int, s: Sizes, device: torch.device) -> Workload:
     )  # fmt: skip
 
 
-def build(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
-    """The workload of ``op`` at N = ``n``; adds the ``compiled`` reference implementation.
+def kernel_backends(op: str) -> tuple[str, ...]:
+    """The kernel backends ``op`` has (its implementations besides the reference)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if op == "hadamard_mux":
+        return HADAMARD_BACKENDS
+    if op in ("ortho_mux", "lowrank_ortho_mux"):
+        return ORTHO_BACKENDS
+    if op == "embed_mux":
+        return EMBED_BACKENDS
+    if op == "mlp_demux":
+        return MLP_BACKENDS
+    return DEMUX_BACKENDS
+
+
+def build(op: str, n: int, sizes: Sizes, device: torch.device, compiled: bool = True) -> Workload:
+    """The workload of ``op`` at N = ``n``; adds the ``compiled`` reference implementation
+    unless ``compiled`` is False.
 
     Resets torch.compile's caches first: dynamo keeps compiled code per code object, and
     every workload's reference call shares one, so from the ninth graph on (the recompile
@@ -305,6 +321,8 @@ def build(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
         w = image_workload(op, n, sizes, device)
     else:
         raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if not compiled:
+        return w
     eager = w.impls["eager"]
     torch._dynamo.reset()
     w.impls["compiled"] = torch.compile(eager, dynamic=False)

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -41,15 +42,36 @@ struct Block {
   std::vector<unsigned char> smem;
 };
 
+// Record-only mode (the compile gate's launch shapes): launch() notes the kernel, grid,
+// block and dynamic shared memory instead of running.
+struct Record {
+  std::string kernel;
+  dim3 grid, block;
+  size_t smem;
+};
+inline bool record_only = false;
+inline std::vector<Record> records;
+
+// The name of kernel F with its template arguments, e.g. "muxkernels::{anonymous}::k<float, 4>".
+template <auto F>
+const char* kernel_name() {
+  return __PRETTY_FUNCTION__;
+}
+
 inline Block* current_block = nullptr;
 inline thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
 inline int violations = 0;  // launches the GPU would refuse
 
 inline unsigned char* dynamic_smem() { return current_block->smem.data(); }
 
-// Runs f in every thread of every block of the grid, blocks one after another.
+// Runs f in every thread of every block of the grid, blocks one after another (or only
+// records the launch, in record-only mode).
 template <typename F>
-void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, F&& f) {
+void launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, const char* kernel, F&& f) {
+  if (record_only) {
+    records.push_back(Record{kernel, grid, block, smem});
+    return;
+  }
   const unsigned threads = block.x * block.y * block.z;
   if (threads == 0 || threads > 1024 || threads % 32 != 0 || smem > 48 * 1024) {
     std::fprintf(stderr, "emu: refused launch of (%u, %u, %u) threads, %zu bytes\n", block.x,

@@ -118,3 +118,26 @@ int emu_demux_gather_bwd(const void* a, int a_dtype, const void* c, const void* 
 }
 
 }  // extern "C"
+
+// Record-only mode for the compile gate: while on, launchers note their launches instead of
+// running them (pointers are then never dereferenced, so any aligned address will do).
+extern "C" {
+
+void emu_record(int on) {
+  emu::record_only = on != 0;
+  emu::records.clear();
+}
+
+int emu_record_count() { return static_cast<int>(emu::records.size()); }
+
+// Record i: the kernel's name (NUL-terminated, cut to size bytes) and
+// dims = grid x, y, z, block x, y, z, dynamic shared memory bytes.
+void emu_record_get(int i, char* name, int size, int64_t* dims) {
+  const emu::Record& r = emu::records.at(static_cast<size_t>(i));
+  std::snprintf(name, static_cast<size_t>(size), "%s", r.kernel.c_str());
+  const int64_t values[7] = {r.grid.x, r.grid.y, r.grid.z, r.block.x, r.block.y, r.block.z,
+                             static_cast<int64_t>(r.smem)};
+  for (int k = 0; k < 7; ++k) dims[k] = values[k];
+}
+
+}  // extern "C"

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,51 +25,24 @@ from helpers import assert_close, randn
 
 from muxkernels import reference
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-CSRC = ROOT / "csrc"
-BUILD = ROOT / "build" / "emulator"
-CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
-KERNELS = ("hadamard_mux", "hadamard_mux_bwd", "embed_mux", "demux_gather_fwd", "demux_gather_bwd")
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+emulator = _load("build")
 DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 GATHER_CODES = {"token": 0, "sequence": 1, "selected": 2}
 GUARD = 64  # elements on each side of every buffer
 EPS = 1e-5
 
-if shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_runtime.h").is_file():
+if not emulator.available():
     pytest.skip("needs g++ and the CUDA headers", allow_module_level=True)
 
-
-def _translate(source: Path, target: Path) -> None:
-    spec = importlib.util.spec_from_file_location("translate", HERE / "translate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    target.write_text(module.translate(source.read_text()))
-
-
-def build() -> Path:
-    """Translates and compiles the kernels and the harness (again when a source changed)."""
-    library = BUILD / "libmuxemu.so"
-    sources = [*CSRC.glob("*.cu"), *CSRC.glob("*.h"), *CSRC.glob("*.cuh"), *HERE.iterdir()]
-    if library.exists() and library.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
-        return library
-    BUILD.mkdir(parents=True, exist_ok=True)
-    units = [HERE / "harness.cpp"]
-    for name in KERNELS:
-        units.append(BUILD / f"{name}.cpp")
-        _translate(CSRC / f"{name}.cu", units[-1])
-    flags = ["-std=c++20", "-O1", "-fPIC", "-w", f"-I{HERE}", f"-I{CSRC}", f"-I{CUDA_INCLUDE}"]
-    jobs = [
-        subprocess.Popen(["g++", *flags, "-c", str(u), "-o", str(BUILD / f"{u.stem}.o")])
-        for u in units
-    ]
-    assert all(job.wait() == 0 for job in jobs), "compiling the emulated kernels failed"
-    objects = [str(BUILD / f"{u.stem}.o") for u in units]
-    subprocess.run(["g++", "-shared", "-o", str(library), *objects, "-lpthread"], check=True)
-    return library
-
-
-LIB = ctypes.CDLL(str(build()))
+LIB = ctypes.CDLL(str(emulator.build()))
 I64 = ctypes.c_int64
 
 

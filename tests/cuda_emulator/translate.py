@@ -1,6 +1,6 @@
 """Rewrites a kernel file of csrc/ for the CPU emulator (emu.h): kernel launches
 ``k<<<grid, block, smem, stream>>>(args)`` become ``emu::launch(grid, block, smem, stream,
-[&] { k(args); })``, ``__shared__`` arrays become function statics (one block runs at a
+emu::kernel_name<&k>(), [&] { k(args); })``, ``__shared__`` arrays become function statics (one block runs at a
 time), ``extern __shared__`` arrays point into the block's dynamic shared memory, and
 ``__launch_bounds__`` goes.
 
@@ -44,7 +44,8 @@ def translate(text: str) -> str:
         indent = kernel[: len(kernel) - len(kernel.lstrip())]
         config = text[i + 3 : config_end]
         args = text[config_end + 4 : args_end]
-        call = f"::emu::launch({config}, [&]() {{ {kernel.strip()}({args}); }})"
+        name = f"::emu::kernel_name<&{kernel.strip()}>()"
+        call = f"::emu::launch({config}, {name}, [&]() {{ {kernel.strip()}({args}); }})"
         text = text[:start] + indent + call + text[args_end + 1 :]
     return '#include "emu.h"\n' + text
 
