@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Sequence
 
@@ -15,6 +16,16 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def interpreting(device: torch.device) -> bool:
     """Whether kernels on ``device`` run under the Triton interpreter (CPU tensors)."""
     return device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The SM count of a CUDA device (asked once per device)."""
+    return _multiprocessors(torch.device(device).index or 0)
 
 
 def acc_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._host import multiprocessors
+
 # Elements of one (rows × d) tile a program holds per live tensor.
 TILE_ELEMENTS = 4096
 # The widest row the register-tile kernels take (one row per program at this width).
@@ -56,7 +58,7 @@ def row_tiles(
 def program_cap(device: torch.device) -> int:
     """How many programs a persistent (looping) kernel launches: 4 per SM, 4 on CPU."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 4 * multiprocessors(device)
     return 4
 
 
@@ -64,6 +66,18 @@ def check_width(name: str, d: int) -> None:
     """The kernels hold a whole row in registers: 1 <= d <= MAX_WIDTH."""
     if not 1 <= d <= MAX_WIDTH:
         raise ValueError(f"{name} has width d={d}; the Triton kernels take 1 <= d <= {MAX_WIDTH}")
+
+
+@triton.jit
+def broadcast_rows(cols, ROWS: tl.constexpr):
+    """(ROWS, len(cols)) offsets whose every row is ``cols``.
+
+    Loading a parameter row through them gives every thread its own copy, already in the
+    2-D tile's layout (contiguous along the columns, so vector loads; the repeats hit L1).
+    A 1-D load broadcast with ``[None, :]`` would instead be moved into the tile's layout
+    through shared memory, with a barrier, every time it is loaded.
+    """
+    return tl.zeros([ROWS, 1], dtype=cols.dtype) + cols[None, :]
 
 
 @triton.jit
@@ -85,19 +99,44 @@ def store_rows(ptr, rows, row_mask, lo, hi, hi_mask, D, x_lo, x_hi):
 
 
 @triton.jit
-def load_vector(ptr, lo, hi, hi_mask, ACC: tl.constexpr):
-    """The (lo, hi) blocks of one length-D vector at ``ptr``, in ACC."""
-    v_lo = tl.load(ptr + lo)
-    v_hi = tl.load(ptr + hi, mask=hi_mask, other=0.0)
+def load_broadcast(ptr, lo, hi, hi_mask, ROWS: tl.constexpr, ACC: tl.constexpr):
+    """The (lo, hi) blocks of one length-D vector at ``ptr``, repeated over ROWS rows, in ACC:
+    loaded straight into the row tiles' layout (see ``broadcast_rows``)."""
+    v_lo = tl.load(ptr + broadcast_rows(lo, ROWS))
+    v_hi = tl.load(ptr + broadcast_rows(hi, ROWS), mask=hi_mask[None, :], other=0.0)
     return v_lo.to(ACC), v_hi.to(ACC)
 
 
 @triton.jit
-def store_vector(ptr, lo, hi, hi_mask, v_lo, v_hi):
-    """Stores the (lo, hi) blocks of one length-D vector at ``ptr``."""
+def store_column_sums(ptr, lo, hi, hi_mask, x_lo, x_hi):
+    """Stores the sums over rows of the (lo, hi) tiles, a length-D vector, at ``ptr``.
+
+    The sums are broadcast back over the tile and stored by its first row, so they stay in
+    the tile's layout (a 1-D store would move them through shared memory first).
+    """
     ty = ptr.dtype.element_ty
-    tl.store(ptr + lo, v_lo.to(ty))
-    tl.store(ptr + hi, v_hi.to(ty), mask=hi_mask)
+    first = (tl.arange(0, x_lo.shape[0]) == 0)[:, None]
+    s_lo = tl.sum(x_lo, axis=0)[None, :] + tl.zeros_like(x_lo)
+    s_hi = tl.sum(x_hi, axis=0)[None, :] + tl.zeros_like(x_hi)
+    tl.store(ptr + broadcast_rows(lo, x_lo.shape[0]), s_lo.to(ty), mask=first)
+    tl.store(ptr + broadcast_rows(hi, x_hi.shape[0]), s_hi.to(ty), mask=first & hi_mask[None, :])
+
+
+@triton.jit
+def add_column_sums(ptr, lo, hi, hi_mask, x_lo, x_hi):
+    """Adds the sums over rows of the (lo, hi) tiles to the length-D vector at ``ptr``.
+
+    The first row's threads read, add and write back the columns they own, so a program
+    accumulating into a buffer of its own needs no barrier between two calls.
+    """
+    first = (tl.arange(0, x_lo.shape[0]) == 0)[:, None]
+    p_lo = ptr + broadcast_rows(lo, x_lo.shape[0])
+    p_hi = ptr + broadcast_rows(hi, x_hi.shape[0])
+    m_hi = first & hi_mask[None, :]
+    s_lo = tl.load(p_lo, mask=first, other=0.0) + tl.sum(x_lo, axis=0)[None, :]
+    s_hi = tl.load(p_hi, mask=m_hi, other=0.0) + tl.sum(x_hi, axis=0)[None, :]
+    tl.store(p_lo, s_lo, mask=first)
+    tl.store(p_hi, s_hi, mask=m_hi)
 
 
 @triton.jit
@@ -165,15 +204,17 @@ def normalize(y_lo, y_hi, hi_mask, D, eps):
 
 @triton.jit
 def gelu_layer_norm(z_lo, z_hi, hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps):
-    """u = LN(gelu(z)) = x̂ ⊙ γ + β over each row, for a (rows, d) tile held as (lo, hi)."""
+    """u = LN(gelu(z)) = x̂ ⊙ γ + β over each row, for a (rows, d) tile held as (lo, hi);
+    γ and β are tiles too (``load_broadcast``)."""
     y_hi = tl.where(hi_mask[None, :], gelu(z_hi), 0.0)
     x_lo, x_hi, _ = normalize(gelu(z_lo), y_hi, hi_mask, D, eps)
-    return x_lo * w_lo[None, :] + b_lo[None, :], x_hi * w_hi[None, :] + b_hi[None, :]
+    return x_lo * w_lo + b_lo, x_hi * w_hi + b_hi
 
 
 @triton.jit
 def gelu_layer_norm_bwd(z_lo, z_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps):
-    """(dz_lo, dz_hi, x̂_lo, x̂_hi) for u = LN(gelu(z)), recomputing y = gelu(z) and x̂.
+    """(dz_lo, dz_hi, x̂_lo, x̂_hi) for u = LN(gelu(z)), recomputing y = gelu(z) and x̂;
+    γ is a tile (``load_broadcast``).
 
     With gᵤ = γ ⊙ du:  dy = rstd·(gᵤ − mean(gᵤ) − x̂·mean(gᵤ ⊙ x̂)),  dz = dy ⊙ gelu'(z).
     du and γ must be 0 at masked columns; dz is 0 there. dγ = Σ du ⊙ x̂ and dβ = Σ du are
@@ -182,8 +223,8 @@ def gelu_layer_norm_bwd(z_lo, z_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps):
     y_lo, dg_lo = gelu_with_grad(z_lo)
     y_hi, dg_hi = gelu_with_grad(z_hi)
     x_lo, x_hi, rstd = normalize(y_lo, tl.where(hi_mask[None, :], y_hi, 0.0), hi_mask, D, eps)
-    g_lo = du_lo * w_lo[None, :]
-    g_hi = du_hi * w_hi[None, :]
+    g_lo = du_lo * w_lo
+    g_hi = du_hi * w_hi
     m1 = (tl.sum(g_lo, axis=1) + tl.sum(g_hi, axis=1)) / D
     m2 = (tl.sum(g_lo * x_lo, axis=1) + tl.sum(g_hi * x_hi, axis=1)) / D
     dy_lo = rstd[:, None] * (g_lo - m1[:, None] - x_lo * m2[:, None])

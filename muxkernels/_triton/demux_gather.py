@@ -29,16 +29,17 @@ from ._host import (
     zeroed,
 )
 from ._math import (
+    add_column_sums,
     check_width,
     gelu,
     gelu_layer_norm,
     gelu_layer_norm_bwd,
+    load_broadcast,
     load_rows,
-    load_vector,
     program_cap,
     row_tiles,
+    store_column_sums,
     store_rows,
-    store_vector,
 )
 from ._registry import triton_op
 
@@ -86,12 +87,14 @@ def _token_fwd_kernel(
     hi = BLOCK_LO + tl.arange(0, BLOCK_HI)
     hi_mask = hi < D
     c_lo, c_hi = load_rows(c_ptr, g * L + t, row_mask, lo, hi, hi_mask, D, ACC)
-    w_lo, w_hi = load_vector(w_ptr, lo, hi, hi_mask, ACC)
-    b_lo, b_hi = load_vector(b_ptr, lo, hi, hi_mask, ACC)
     for i in range(N):
-        a_lo, a_hi = load_vector(a_ptr + (g * a_group_rows + i) * D, lo, hi, hi_mask, ACC)
+        a_lo, a_hi = load_broadcast(
+            a_ptr + (g * a_group_rows + i) * D, lo, hi, hi_mask, BLOCK_T, ACC
+        )
+        w_lo, w_hi = load_broadcast(w_ptr, lo, hi, hi_mask, BLOCK_T, ACC)
+        b_lo, b_hi = load_broadcast(b_ptr, lo, hi, hi_mask, BLOCK_T, ACC)
         u_lo, u_hi = gelu_layer_norm(
-            a_lo[None, :] + c_lo, a_hi[None, :] + c_hi, hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps
+            a_lo + c_lo, a_hi + c_hi, hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps
         )
         store_rows(u_ptr, (g * N + i) * L + t, row_mask, lo, hi, hi_mask, D, u_lo, u_hi)
 
@@ -112,8 +115,8 @@ def _rows_fwd_kernel(
     hi_mask = hi < D
     a_lo, a_hi = load_rows(a_ptr, a_row, row_mask, lo, hi, hi_mask, D, ACC)
     c_lo, c_hi = load_rows(c_ptr, c_row, row_mask, lo, hi, hi_mask, D, ACC)
-    w_lo, w_hi = load_vector(w_ptr, lo, hi, hi_mask, ACC)
-    b_lo, b_hi = load_vector(b_ptr, lo, hi, hi_mask, ACC)
+    w_lo, w_hi = load_broadcast(w_ptr, lo, hi, hi_mask, BLOCK_R, ACC)
+    b_lo, b_hi = load_broadcast(b_ptr, lo, hi, hi_mask, BLOCK_R, ACC)
     u_lo, u_hi = gelu_layer_norm(a_lo + c_lo, a_hi + c_hi, hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps)
     store_rows(u_ptr, r, row_mask, lo, hi, hi_mask, D, u_lo, u_hi)
 
@@ -121,49 +124,52 @@ def _rows_fwd_kernel(
 @triton.jit
 def _token_bwd_kernel(
     du_ptr, a_ptr, c_ptr, w_ptr, dc_ptr, da_part_ptr, dw_part_ptr, db_part_ptr,
-    N, L, D, n_tiles, a_group_rows, eps,
+    N, L, D, n_tiles, n_split, a_group_rows, eps,
     BLOCK_T: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_HI: tl.constexpr, ACC: tl.constexpr,
 ):  # fmt: skip
-    """Token-gather backward for BLOCK_T positions t of group g (program p = g·n_tiles + tile).
+    """Token-gather backward; program p = g·S + s handles the tiles s, s + S, … of group g
+    (S = n_split), BLOCK_T positions t each, looping over i.
 
-    dc[g,t] = Σ_i dz[g,i,t] (in registers); da_part[p,i] = Σ_{t in tile} dz[g,i,t];
-    dw_part[p] = Σ du ⊙ x̂ and db_part[p] = Σ du over the tile's rows and every i.
+    dc[g,t] = Σ_i dz[g,i,t] (in registers, per tile); da_part[p,i] += Σ_{t in tile} dz[g,i,t]
+    (a zeroed buffer of the program's own, L1/L2-resident, so the partials written to
+    memory are S per group, not one per tile); dw_part[p] = Σ du ⊙ x̂ and db_part[p] = Σ du
+    over the program's rows and every i.
     """
     pid = tl.program_id(0)
     part = pid.to(tl.int64)
-    g = (pid // n_tiles).to(tl.int64)
-    t = (pid % n_tiles) * BLOCK_T + tl.arange(0, BLOCK_T)
-    row_mask = t < L
+    g = (pid // n_split).to(tl.int64)
     lo = tl.arange(0, BLOCK_LO)
     hi = BLOCK_LO + tl.arange(0, BLOCK_HI)
     hi_mask = hi < D
-    c_lo, c_hi = load_rows(c_ptr, g * L + t, row_mask, lo, hi, hi_mask, D, ACC)
-    w_lo, w_hi = load_vector(w_ptr, lo, hi, hi_mask, ACC)
-    dc_lo = tl.zeros([BLOCK_T, BLOCK_LO], ACC)
-    dc_hi = tl.zeros([BLOCK_T, BLOCK_HI], ACC)
     dw_lo = tl.zeros([BLOCK_T, BLOCK_LO], ACC)
     dw_hi = tl.zeros([BLOCK_T, BLOCK_HI], ACC)
     db_lo = tl.zeros([BLOCK_T, BLOCK_LO], ACC)
     db_hi = tl.zeros([BLOCK_T, BLOCK_HI], ACC)
-    for i in range(N):
-        a_lo, a_hi = load_vector(a_ptr + (g * a_group_rows + i) * D, lo, hi, hi_mask, ACC)
-        du_lo, du_hi = load_rows(du_ptr, (g * N + i) * L + t, row_mask, lo, hi, hi_mask, D, ACC)
-        dz_lo, dz_hi, x_lo, x_hi = gelu_layer_norm_bwd(
-            a_lo[None, :] + c_lo, a_hi[None, :] + c_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps
-        )
-        dc_lo += dz_lo
-        dc_hi += dz_hi
-        dw_lo += du_lo * x_lo
-        dw_hi += du_hi * x_hi
-        db_lo += du_lo
-        db_hi += du_hi
-        da_row = da_part_ptr + (part * N + i) * D
-        store_vector(da_row, lo, hi, hi_mask, tl.sum(dz_lo, axis=0), tl.sum(dz_hi, axis=0))
-    store_rows(dc_ptr, g * L + t, row_mask, lo, hi, hi_mask, D, dc_lo, dc_hi)
-    dw_part = dw_part_ptr + part * D
-    store_vector(dw_part, lo, hi, hi_mask, tl.sum(dw_lo, axis=0), tl.sum(dw_hi, axis=0))
-    db_part = db_part_ptr + part * D
-    store_vector(db_part, lo, hi, hi_mask, tl.sum(db_lo, axis=0), tl.sum(db_hi, axis=0))
+    for tile in range(pid % n_split, n_tiles, n_split):
+        t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_mask = t < L
+        c_lo, c_hi = load_rows(c_ptr, g * L + t, row_mask, lo, hi, hi_mask, D, ACC)
+        dc_lo = tl.zeros([BLOCK_T, BLOCK_LO], ACC)
+        dc_hi = tl.zeros([BLOCK_T, BLOCK_HI], ACC)
+        for i in range(N):
+            a_row = a_ptr + (g * a_group_rows + i) * D
+            a_lo, a_hi = load_broadcast(a_row, lo, hi, hi_mask, BLOCK_T, ACC)
+            w_lo, w_hi = load_broadcast(w_ptr, lo, hi, hi_mask, BLOCK_T, ACC)
+            du_rows = (g * N + i) * L + t
+            du_lo, du_hi = load_rows(du_ptr, du_rows, row_mask, lo, hi, hi_mask, D, ACC)
+            dz_lo, dz_hi, x_lo, x_hi = gelu_layer_norm_bwd(
+                a_lo + c_lo, a_hi + c_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps
+            )
+            dc_lo += dz_lo
+            dc_hi += dz_hi
+            dw_lo += du_lo * x_lo
+            dw_hi += du_hi * x_hi
+            db_lo += du_lo
+            db_hi += du_hi
+            add_column_sums(da_part_ptr + (part * N + i) * D, lo, hi, hi_mask, dz_lo, dz_hi)
+        store_rows(dc_ptr, g * L + t, row_mask, lo, hi, hi_mask, D, dc_lo, dc_hi)
+    store_column_sums(dw_part_ptr + part * D, lo, hi, hi_mask, dw_lo, dw_hi)
+    store_column_sums(db_part_ptr + part * D, lo, hi, hi_mask, db_lo, db_hi)
 
 
 @triton.jit
@@ -179,11 +185,10 @@ def _rows_bwd_kernel(
     lo = tl.arange(0, BLOCK_LO)
     hi = BLOCK_LO + tl.arange(0, BLOCK_HI)
     hi_mask = hi < D
-    w_lo, w_hi = load_vector(w_ptr, lo, hi, hi_mask, ACC)
-    dw_lo = tl.zeros([BLOCK_LO], ACC)
-    dw_hi = tl.zeros([BLOCK_HI], ACC)
-    db_lo = tl.zeros([BLOCK_LO], ACC)
-    db_hi = tl.zeros([BLOCK_HI], ACC)
+    dw_lo = tl.zeros([BLOCK_R, BLOCK_LO], ACC)
+    dw_hi = tl.zeros([BLOCK_R, BLOCK_HI], ACC)
+    db_lo = tl.zeros([BLOCK_R, BLOCK_LO], ACC)
+    db_hi = tl.zeros([BLOCK_R, BLOCK_HI], ACC)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         r = (tile * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
         row_mask = r < R
@@ -191,17 +196,18 @@ def _rows_bwd_kernel(
         a_lo, a_hi = load_rows(a_ptr, a_row, row_mask, lo, hi, hi_mask, D, ACC)
         c_lo, c_hi = load_rows(c_ptr, c_row, row_mask, lo, hi, hi_mask, D, ACC)
         du_lo, du_hi = load_rows(du_ptr, r, row_mask, lo, hi, hi_mask, D, ACC)
+        w_lo, w_hi = load_broadcast(w_ptr, lo, hi, hi_mask, BLOCK_R, ACC)
         dz_lo, dz_hi, x_lo, x_hi = gelu_layer_norm_bwd(
             a_lo + c_lo, a_hi + c_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps
         )
         store_rows(dz_ptr, r, row_mask, lo, hi, hi_mask, D, dz_lo, dz_hi)
-        dw_lo += tl.sum(du_lo * x_lo, axis=0)
-        dw_hi += tl.sum(du_hi * x_hi, axis=0)
-        db_lo += tl.sum(du_lo, axis=0)
-        db_hi += tl.sum(du_hi, axis=0)
+        dw_lo += du_lo * x_lo
+        dw_hi += du_hi * x_hi
+        db_lo += du_lo
+        db_hi += du_hi
     part = pid.to(tl.int64) * D
-    store_vector(dw_part_ptr + part, lo, hi, hi_mask, dw_lo, dw_hi)
-    store_vector(db_part_ptr + part, lo, hi, hi_mask, db_lo, db_hi)
+    store_column_sums(dw_part_ptr + part, lo, hi, hi_mask, dw_lo, dw_hi)
+    store_column_sums(db_part_ptr + part, lo, hi, hi_mask, db_lo, db_hi)
 
 
 @triton.jit
@@ -401,19 +407,22 @@ def demux_gather_bwd(
 
 
 def _token_bwd(grad_u, a, c, ln_weight, eps, da, dc, d_ln_weight, d_ln_bias) -> None:
-    """Token gather: one program per (g, block of t), looping over i; dc is written by the
-    kernel, da / dγ / dβ are sums of the per-program partials."""
+    """Token gather: S programs per group, each looping over its tiles of positions and
+    over i; dc is written by the kernel, da / dγ / dβ are sums of the S·B' partials."""
     _, n, length, d, _, a_group_rows = _pair_args(a, c, None, "token", 0)
     groups = c.shape[0]
     acc = acc_dtype(grad_u, a, c, ln_weight)
     block_lo, block_hi, block_t, num_warps = row_tiles(d, length, acc, backward=True)
     n_tiles = triton.cdiv(length, block_t)
-    da_part = c.new_empty((groups, n_tiles, n, d), dtype=acc)
-    dw_part = c.new_empty((groups * n_tiles, d), dtype=acc)
+    # about 2 programs per SM: each one's partials (N·d values) are written to memory once
+    n_split = min(n_tiles, triton.cdiv(program_cap(c.device) // 2, groups))
+    parts = groups * n_split
+    da_part = c.new_zeros((groups, n_split, n, d), dtype=acc)
+    dw_part = c.new_empty((parts, d), dtype=acc)
     db_part = torch.empty_like(dw_part)
-    _token_bwd_kernel[(groups * n_tiles,)](
+    _token_bwd_kernel[(parts,)](
         grad_u, a, c, ln_weight, dc, da_part, dw_part, db_part,
-        n, length, d, n_tiles, a_group_rows, eps,
+        n, length, d, n_tiles, n_split, a_group_rows, eps,
         BLOCK_T=block_t, BLOCK_LO=block_lo, BLOCK_HI=block_hi, ACC=tl_dtype(acc),
         num_warps=num_warps,
     )  # fmt: skip

@@ -17,8 +17,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, interpreting, outputs, tl_dtype, zeroed
-from ._math import TILE_ELEMENTS
+from ._host import (
+    acc_dtype,
+    check_contiguous,
+    interpreting,
+    multiprocessors,
+    outputs,
+    tl_dtype,
+    zeroed,
+)
+from ._math import TILE_ELEMENTS, broadcast_rows
 from ._registry import triton_op
 
 
@@ -60,19 +68,49 @@ def _hadamard_mux_fwd_kernel(
     k = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (r < rows)[:, None] & (k < d)[None, :]
     e_tile = e_ptr + ((r // length) * group_stride + (r % length) * d)[:, None] + k[None, :]
-    v_row = v_ptr + k
+    v_tile = v_ptr + broadcast_rows(k, BLOCK_R)
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=ACC)
     for _ in range(num):
-        v = tl.load(v_row, mask=k < d, other=0.0).to(ACC)
-        acc += v[None, :] * tl.load(e_tile, mask=mask, other=0.0).to(ACC)
+        v = tl.load(v_tile, mask=mask, other=0.0).to(ACC)
+        acc += v * tl.load(e_tile, mask=mask, other=0.0).to(ACC)
         e_tile += plane
-        v_row += d
+        v_tile += d
     x = acc / num
     tl.store(x_ptr + r[:, None] * d + k[None, :], x.to(x_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _hadamard_mux_bwd_kernel(
+    dx_ptr,
+    v_ptr,
+    de_ptr,
+    rows,
+    length,
+    d,
+    num,
+    plane,
+    group_stride,
+    ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dE[g,i,t,k] = (1/N) v[i,k] dx[r,k] for a block of rows r = g·L + t and features k,
+    reading dx once and looping over the N instances."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = (r < rows)[:, None] & (k < d)[None, :]
+    dx = tl.load(dx_ptr + r[:, None] * d + k[None, :], mask=mask, other=0.0).to(ACC)
+    de_tile = de_ptr + ((r // length) * group_stride + (r % length) * d)[:, None] + k[None, :]
+    v_tile = v_ptr + broadcast_rows(k, BLOCK_R)
+    for _ in range(num):
+        v = tl.load(v_tile, mask=mask, other=0.0).to(ACC)
+        tl.store(de_tile, (v * dx / num).to(de_ptr.dtype.element_ty), mask=mask)
+        de_tile += plane
+        v_tile += d
+
+
+@triton.jit
+def _hadamard_mux_bwd_dv_kernel(
     dx_ptr,
     e_ptr,
     v_ptr,
@@ -84,35 +122,46 @@ def _hadamard_mux_bwd_kernel(
     num,
     plane,
     group_stride,
-    VECTORS_GRAD: tl.constexpr,
+    chunk_rows,
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """dE[g,i,t,k] = (1/N) v[i,k] dx[r,k] for a block of rows r = g·L + t and features k,
-    reading dx once; with VECTORS_GRAD also partial[p,i,k] = Σ_{r in block p} E[g,i,t,k] dx[r,k].
+    """dE of instance i over the rows r of chunk c, and partial[c,i,k] = Σ_r E[g,i,t,k] dx[r,k].
+
+    Program (c, i) = (program_id(0) // N, program_id(0) % N), i fastest, so the N programs
+    of a chunk run together and read its dx from L2. Each accumulates E ⊙ dx in a register
+    tile over its row blocks and reduces it over rows once, at the end.
     """
-    pid_r = tl.program_id(0)
-    r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pid = tl.program_id(0)
+    chunk = (pid // num).to(tl.int64)
+    i = pid % num
     k = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask = (r < rows)[:, None] & (k < d)[None, :]
-    dx = tl.load(dx_ptr + r[:, None] * d + k[None, :], mask=mask, other=0.0).to(ACC)
-    offsets = ((r // length) * group_stride + (r % length) * d)[:, None] + k[None, :]
-    e_tile = e_ptr + offsets
-    de_tile = de_ptr + offsets
-    v_row = v_ptr + k
-    partial_row = partial_ptr + pid_r.to(tl.int64) * num * d + k
-    for _ in range(num):
-        v = tl.load(v_row, mask=k < d, other=0.0).to(ACC)
-        de = v[None, :] * dx / num
-        tl.store(de_tile, de.to(de_ptr.dtype.element_ty), mask=mask)
-        if VECTORS_GRAD:
-            e = tl.load(e_tile, mask=mask, other=0.0).to(ACC)
-            tl.store(partial_row, tl.sum(e * dx, axis=0), mask=k < d)
-            e_tile += plane
-            partial_row += d
-        de_tile += plane
-        v_row += d
+    k_mask = k < d
+    v = tl.load(v_ptr + i * d + broadcast_rows(k, BLOCK_R), mask=k_mask[None, :], other=0.0)
+    v = v.to(ACC)
+    acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=ACC)
+    end = tl.minimum((chunk + 1) * chunk_rows, rows)
+    for start in range(chunk * chunk_rows, end, BLOCK_R):
+        r = start + tl.arange(0, BLOCK_R)
+        mask = (r < end)[:, None] & k_mask[None, :]
+        dx = tl.load(dx_ptr + r[:, None] * d + k[None, :], mask=mask, other=0.0).to(ACC)
+        offsets = ((r // length) * group_stride + (r % length) * d + i * plane)[:, None] + k[
+            None, :
+        ]
+        e = tl.load(e_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        tl.store(de_ptr + offsets, (v * dx / num).to(de_ptr.dtype.element_ty), mask=mask)
+        acc += e * dx
+    tl.store(partial_ptr + (chunk * num + i) * d + k, tl.sum(acc, axis=0), mask=k_mask)
+
+
+def _chunk_rows(rows: int, programs_per_chunk: int, block_r: int, device: torch.device) -> int:
+    """Rows per chunk of the dv backward: enough chunks for about 8 programs per SM (GPU)
+    or 2 row blocks per chunk (interpreter), a multiple of the row block."""
+    if interpreting(device):
+        return 2 * block_r
+    chunks = max(1, 8 * multiprocessors(device) // programs_per_chunk)
+    return block_r * max(1, triton.cdiv(triton.cdiv(rows, chunks), block_r))
 
 
 def _layout(embeddings: torch.Tensor) -> dict[str, int]:
@@ -180,21 +229,19 @@ def hadamard_mux_bwd(
     rows, d, num = layout["rows"], layout["d"], layout["num"]
     acc = acc_dtype(grad_out, embeddings, vectors)
     block_r, block_d, warps = _blocks(rows, d, embeddings.device, narrow=vectors_grad)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(d, block_d))
-    partials = embeddings.new_empty((grid[0] if vectors_grad else 0, num, d), dtype=acc)
-    _hadamard_mux_bwd_kernel[grid](
-        grad_out,
-        embeddings,
-        vectors,
-        d_embeddings,
-        partials,
-        **layout,
-        VECTORS_GRAD=vectors_grad,
-        ACC=tl_dtype(acc),
-        BLOCK_R=block_r,
-        BLOCK_D=block_d,
-        num_warps=warps,
-    )
+    meta = {"ACC": tl_dtype(acc), "BLOCK_R": block_r, "BLOCK_D": block_d, "num_warps": warps}
+    if not vectors_grad:
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(d, block_d))
+        _hadamard_mux_bwd_kernel[grid](grad_out, vectors, d_embeddings, **layout, **meta)
+        return d_embeddings, d_vectors
+    columns = triton.cdiv(d, block_d)
+    chunk_rows = _chunk_rows(rows, num * columns, block_r, embeddings.device)
+    chunks = triton.cdiv(rows, chunk_rows)
+    partials = embeddings.new_empty((chunks, num, d), dtype=acc)
+    _hadamard_mux_bwd_dv_kernel[(chunks * num, columns)](
+        grad_out, embeddings, vectors, d_embeddings, partials, **layout,
+        chunk_rows=chunk_rows, **meta,
+    )  # fmt: skip
     if vectors_grad:
         d_vectors.copy_(partials.sum(dim=0) / num)
     return d_embeddings, d_vectors

@@ -29,12 +29,12 @@ from ._math import (
     check_width,
     gelu_layer_norm,
     gelu_layer_norm_bwd,
+    load_broadcast,
     load_rows,
-    load_vector,
     program_cap,
     row_tiles,
+    store_column_sums,
     store_rows,
-    store_vector,
 )
 from ._registry import triton_op
 
@@ -53,11 +53,11 @@ def _mlp_fwd_kernel(
     hi = BLOCK_LO + tl.arange(0, BLOCK_HI)
     hi_mask = hi < D
     p_lo, p_hi = load_rows(pre_ptr, q * N + i, row_mask, lo, hi, hi_mask, D, ACC)
-    bias_lo, bias_hi = load_vector(bias_ptr + i * D, lo, hi, hi_mask, ACC)
-    w_lo, w_hi = load_vector(w_ptr + i * D, lo, hi, hi_mask, ACC)
-    b_lo, b_hi = load_vector(b_ptr + i * D, lo, hi, hi_mask, ACC)
+    bias_lo, bias_hi = load_broadcast(bias_ptr + i * D, lo, hi, hi_mask, BLOCK_R, ACC)
+    w_lo, w_hi = load_broadcast(w_ptr + i * D, lo, hi, hi_mask, BLOCK_R, ACC)
+    b_lo, b_hi = load_broadcast(b_ptr + i * D, lo, hi, hi_mask, BLOCK_R, ACC)
     u_lo, u_hi = gelu_layer_norm(
-        p_lo + bias_lo[None, :], p_hi + bias_hi[None, :], hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps
+        p_lo + bias_lo, p_hi + bias_hi, hi_mask, w_lo, w_hi, b_lo, b_hi, D, eps
     )
     u_rows = ((q // L) * N + i) * L + q % L
     store_rows(u_ptr, u_rows, row_mask, lo, hi, hi_mask, D, u_lo, u_hi)
@@ -78,35 +78,34 @@ def _mlp_bwd_kernel(
     lo = tl.arange(0, BLOCK_LO)
     hi = BLOCK_LO + tl.arange(0, BLOCK_HI)
     hi_mask = hi < D
-    bias_lo, bias_hi = load_vector(bias_ptr + i * D, lo, hi, hi_mask, ACC)
-    w_lo, w_hi = load_vector(w_ptr + i * D, lo, hi, hi_mask, ACC)
-    dbias_lo = tl.zeros([BLOCK_LO], ACC)
-    dbias_hi = tl.zeros([BLOCK_HI], ACC)
-    dw_lo = tl.zeros([BLOCK_LO], ACC)
-    dw_hi = tl.zeros([BLOCK_HI], ACC)
-    db_lo = tl.zeros([BLOCK_LO], ACC)
-    db_hi = tl.zeros([BLOCK_HI], ACC)
+    dbias_lo = tl.zeros([BLOCK_R, BLOCK_LO], ACC)
+    dbias_hi = tl.zeros([BLOCK_R, BLOCK_HI], ACC)
+    dw_lo = tl.zeros([BLOCK_R, BLOCK_LO], ACC)
+    dw_hi = tl.zeros([BLOCK_R, BLOCK_HI], ACC)
+    db_lo = tl.zeros([BLOCK_R, BLOCK_LO], ACC)
+    db_hi = tl.zeros([BLOCK_R, BLOCK_HI], ACC)
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         q = (tile * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
         row_mask = q < Q
         p_lo, p_hi = load_rows(pre_ptr, q * N + i, row_mask, lo, hi, hi_mask, D, ACC)
         u_rows = ((q // L) * N + i) * L + q % L
         du_lo, du_hi = load_rows(du_ptr, u_rows, row_mask, lo, hi, hi_mask, D, ACC)
+        bias_lo, bias_hi = load_broadcast(bias_ptr + i * D, lo, hi, hi_mask, BLOCK_R, ACC)
+        w_lo, w_hi = load_broadcast(w_ptr + i * D, lo, hi, hi_mask, BLOCK_R, ACC)
         dz_lo, dz_hi, x_lo, x_hi = gelu_layer_norm_bwd(
-            p_lo + bias_lo[None, :], p_hi + bias_hi[None, :], du_lo, du_hi, hi_mask,
-            w_lo, w_hi, D, eps,
-        )  # fmt: skip
+            p_lo + bias_lo, p_hi + bias_hi, du_lo, du_hi, hi_mask, w_lo, w_hi, D, eps
+        )
         store_rows(dpre_ptr, q * N + i, row_mask, lo, hi, hi_mask, D, dz_lo, dz_hi)
-        dbias_lo += tl.sum(dz_lo, axis=0)
-        dbias_hi += tl.sum(dz_hi, axis=0)
-        dw_lo += tl.sum(du_lo * x_lo, axis=0)
-        dw_hi += tl.sum(du_hi * x_hi, axis=0)
-        db_lo += tl.sum(du_lo, axis=0)
-        db_hi += tl.sum(du_hi, axis=0)
+        dbias_lo += dz_lo
+        dbias_hi += dz_hi
+        dw_lo += du_lo * x_lo
+        dw_hi += du_hi * x_hi
+        db_lo += du_lo
+        db_hi += du_hi
     part = (pid.to(tl.int64) * N + i) * D
-    store_vector(dbias_part_ptr + part, lo, hi, hi_mask, dbias_lo, dbias_hi)
-    store_vector(dw_part_ptr + part, lo, hi, hi_mask, dw_lo, dw_hi)
-    store_vector(db_part_ptr + part, lo, hi, hi_mask, db_lo, db_hi)
+    store_column_sums(dbias_part_ptr + part, lo, hi, hi_mask, dbias_lo, dbias_hi)
+    store_column_sums(dw_part_ptr + part, lo, hi, hi_mask, dw_lo, dw_hi)
+    store_column_sums(db_part_ptr + part, lo, hi, hi_mask, db_lo, db_hi)
 
 
 def _check_args(

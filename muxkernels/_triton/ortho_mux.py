@@ -22,13 +22,11 @@ intermediates y and dy are stored in it); fp32 data runs exact fp32 dots
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ._host import acc_dtype, check_contiguous, interpreting, outputs, tl_dtype
+from ._host import acc_dtype, check_contiguous, interpreting, multiprocessors, outputs, tl_dtype
 from ._registry import triton_op
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -136,11 +134,6 @@ def _gemm_kernel(
     )
 
 
-@functools.cache
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _fit(size: int, largest: int) -> int:
     """The tile edge for a dimension of ``size``: a power of two in [16, largest]."""
     return max(16, min(largest, triton.next_power_of_2(size)))
@@ -160,7 +153,7 @@ def _tiles(
         tile, warps, stages = (_fit(m, 32), _fit(n, 32), _fit(k, 32)), 1, 1
     elif dot in _HALF:
         tile, warps, stages = (128, 128, 64), 8, 3
-        if triton.cdiv(m, 128) * triton.cdiv(n, 128) * batch < _multiprocessors(device.index):
+        if triton.cdiv(m, 128) * triton.cdiv(n, 128) * batch < multiprocessors(device):
             tile = (128, 64, 64)
     elif dot == torch.float32:
         tile, warps, stages = (64, 64, 32), 4, 3
