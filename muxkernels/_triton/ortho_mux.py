@@ -9,15 +9,26 @@
 
 Every product is one launch of ``_gemm_kernel``, a tiled ``tl.dot`` GEMM that reads and
 writes its operands in place through strides, so E (B', N, L, d) is never permuted or
-copied: a row index r = g·L + t is split per element into (g, t), and the ortho forward's
-inner index (i, e) is walked tile by tile (a K tile never straddles two instances). Each
+copied. A row index r = g·L + t of E is split into (g, t) once per tile row (``SPLIT_M``);
+the inner index of a product over instances (i, e) or over rows (g, t) is walked tile by
+tile, so a K tile never straddles two instances or two groups and stays contiguous. No
+index is wrapped with a modulo: out-of-range rows are masked, so Triton sees which axis of
+each operand is contiguous and moves 128-bit vectors (cp.async into shared memory). Each
 output tile is owned by one program that loops over the whole K range: reductions over
 rows (dP, dU, dH) are deterministic, with no split-K and no atomics.
 
-Precision: fp32 accumulation (fp64 for float64 data). Half data runs the dot in the data's
-dtype (an fp32 parameter is rounded to it, as under autocast, and the low-rank
-intermediates y and dy are stored in it); fp32 data runs exact fp32 dots
-(input_precision="ieee", as torch.matmul without TF32); float64 runs fp64 dots.
+Low rank: each instance's block of c columns is padded to cp = c rounded up to 16
+(``_padded``), in small repacked copies of U and H (N·d·cp values each) and in the
+intermediates y and dy, so that every GEMM tile starts 16-aligned (c = 153, 76, 38, 19 at
+d = 768, N = 5…40 are not); the padding columns are zero and drop out.
+
+Precision: fp32 accumulation (fp64 for float64 data). When both operands are half (the
+data's dtype) the dot runs in it, exactly as torch.matmul with fp32 accumulation. When
+half data meets a float32 operand (fp32 parameters, or the fp32 intermediates y and dy
+of the low-rank path, which are never rounded to half) the dot runs on TF32 tensor cores:
+half values are exact in TF32 and fp32 ones lose less than half data's own rounding.
+fp32 data runs exact fp32 dots (input_precision="ieee", as torch.matmul without TF32);
+float64 runs fp64 dots.
 """
 
 from __future__ import annotations
@@ -43,46 +54,23 @@ def _inverse_sqrt_scale(acc, scale_root, ACC: tl.constexpr):
 
 @triton.jit
 def _gemm_kernel(
-    a_ptr,
-    b_ptr,
-    c_ptr,
-    M,
-    N,
-    K,
-    M_INNER,
-    K_INNER,
-    a_mo,
-    a_mi,
-    a_ko,
-    a_ki,
-    a_z,
-    b_ko,
-    b_ki,
-    b_n,
-    b_z,
-    c_mo,
-    c_mi,
-    c_n,
-    c_z,
+    a_ptr, b_ptr, c_ptr,
+    M, N, K, M_INNER, K_INNER,
+    a_mo, a_mi, a_ko, a_ki, a_z,
+    b_ko, b_ki, b_n, b_z,
+    c_mo, c_mi, c_n, c_z,
     scale_root,
-    ACC: tl.constexpr,
-    DOT: tl.constexpr,
-    PRECISION: tl.constexpr,
-    K_ROWS: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, SPLIT_M: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-):
+):  # fmt: skip
     """C[z,m,n] = (Σ_k A[z,m,k] B[z,k,n]) / sqrt(scale_root) for one (BLOCK_M, BLOCK_N) tile.
 
-    Indices are split as m = (mo, mi) = (m // M_INNER, m % M_INNER) and likewise k by
-    K_INNER; each part has its own stride, e.g. A[z,m,k] is at
-    z·a_z + mo·a_mo + mi·a_mi + ko·a_ko + ki·a_ki. The split of m (and of k when K_ROWS,
-    where k is a row index (g, t)) is computed per element; otherwise K is walked as
-    K // K_INNER outer steps of ceil(K_INNER / BLOCK_K) tiles, so that a tile is contiguous
-    in ki. Out-of-range rows and columns are clamped for the loads and masked at the store.
+    With SPLIT_M, row m is (mo, mi) = (m // M_INNER, m % M_INNER), each part with its own
+    stride (A[z,m,k] at z·a_z + mo·a_mo + mi·a_mi + …), computed once per tile; otherwise
+    m·a_mi. K is walked as K // K_INNER outer steps (ko) of ceil(K_INNER / BLOCK_K) tiles
+    (ki contiguous within a tile); every offset inside the loop is a scalar added to the
+    tile's base pointers.
     """
     pid = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
@@ -93,45 +81,38 @@ def _gemm_kernel(
     pid_m = (pid // (GROUP_M * grid_n)) * GROUP_M + (pid % group_size)
     pid_n = (pid % (GROUP_M * grid_n)) // group_size
 
-    m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_in, n_in = m % M, n % N
-    a_rows = a_ptr + z * a_z + (m_in // M_INNER) * a_mo + (m_in % M_INNER) * a_mi
-    b_cols = b_ptr + z * b_z + n_in * b_n
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    if K_ROWS:
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            k_mask = k < K
-            ko, ki = k // K_INNER, k % K_INNER
-            a = tl.load(
-                a_rows[:, None] + (ko * a_ko + ki * a_ki)[None, :], mask=k_mask[None, :], other=0.0
-            )
-            b = tl.load(
-                b_cols[None, :] + (ko * b_ko + ki * b_ki)[:, None], mask=k_mask[:, None], other=0.0
-            )
-            acc = tl.dot(a.to(DOT), b.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    kk = tl.arange(0, BLOCK_K)
+    m_mask = m < M
+    n_mask = n < N
+    m64 = m.to(tl.int64)
+    if SPLIT_M:
+        a_rows = (m64 // M_INNER) * a_mo + (m64 % M_INNER) * a_mi
+        c_rows = (m64 // M_INNER) * c_mo + (m64 % M_INNER) * c_mi
     else:
-        k_tiles = tl.cdiv(K_INNER, BLOCK_K)
-        for step in range(0, (K // K_INNER) * k_tiles):
-            ko = (step // k_tiles).to(tl.int64)
-            ki = ((step % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
-            a_tile = a_rows[:, None] + ko * a_ko + ki[None, :] * a_ki
-            b_tile = b_cols[None, :] + ko * b_ko + ki[:, None] * b_ki
-            if EVEN_K:
-                a = tl.load(a_tile)
-                b = tl.load(b_tile)
-            else:
-                a = tl.load(a_tile, mask=ki[None, :] < K_INNER, other=0.0)
-                b = tl.load(b_tile, mask=ki[:, None] < K_INNER, other=0.0)
-            acc = tl.dot(a.to(DOT), b.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
+        a_rows = m64 * a_mi
+        c_rows = m64 * c_mi
+    a_tile = a_ptr + z * a_z + a_rows[:, None] + (kk * a_ki)[None, :]
+    b_tile = b_ptr + z * b_z + (kk * b_ki)[:, None] + (n.to(tl.int64) * b_n)[None, :]
+    k_tiles = tl.cdiv(K_INNER, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for step in range(0, (K // K_INNER) * k_tiles):
+        ko = (step // k_tiles).to(tl.int64)
+        k0 = (step % k_tiles) * BLOCK_K
+        a_at = a_tile + (ko * a_ko + k0 * a_ki)
+        b_at = b_tile + (ko * b_ko + k0 * b_ki)
+        if EVEN_K:
+            a = tl.load(a_at, mask=m_mask[:, None], other=0.0)
+            b = tl.load(b_at, mask=n_mask[None, :], other=0.0)
+        else:
+            k_mask = k0 + kk < K_INNER
+            a = tl.load(a_at, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_at, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a.to(DOT), b.to(DOT), acc, input_precision=PRECISION, out_dtype=ACC)
     acc = _inverse_sqrt_scale(acc, scale_root, ACC)
-    c_rows = c_ptr + z * c_z + (m // M_INNER) * c_mo + (m % M_INNER) * c_mi
-    tl.store(
-        c_rows[:, None] + n[None, :] * c_n,
-        acc.to(c_ptr.dtype.element_ty),
-        mask=(m < M)[:, None] & (n < N)[None, :],
-    )
+    c_at = c_ptr + z * c_z + c_rows[:, None] + (n.to(tl.int64) * c_n)[None, :]
+    tl.store(c_at, acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
 def _fit(size: int, largest: int) -> int:
@@ -140,21 +121,22 @@ def _fit(size: int, largest: int) -> int:
 
 
 def _tiles(
-    m: int, n: int, k: int, batch: int, dot: torch.dtype, device: torch.device
+    m: int, n: int, k: int, batch: int, dot: torch.dtype, precision: str, device: torch.device
 ) -> dict[str, int]:
     """Tile sizes, warps and pipeline stages for an (m × k) @ (k × n) GEMM, batch times.
 
     Half dots: 128×128×64 tiles, 8 warps, 3 stages (tensor cores); when that gives fewer
-    tiles than the GPU has SMs, 128×64 tiles (up to 3 programs share an SM). Exact fp32
-    dots run on FMA units (64×64×32), fp64 on fp64 MMA (32×32×16). Interpreter: tiles of
-    16-32, so that test shapes span several tiles.
+    tiles than the GPU has SMs, 128×64 tiles (up to 3 programs share an SM). TF32 dots: the
+    same with 32-deep K tiles (fp32 operands take twice the shared memory). Exact fp32 dots
+    run on FMA units (64×64×32), fp64 on fp64 MMA (32×32×16). Interpreter: tiles of 16-32,
+    so that test shapes span several tiles.
     """
     if interpreting(device):
         tile, warps, stages = (_fit(m, 32), _fit(n, 32), _fit(k, 32)), 1, 1
-    elif dot in _HALF:
-        tile, warps, stages = (128, 128, 64), 8, 3
+    elif dot in _HALF or precision == "tf32":
+        tile, warps, stages = (128, 128, 64 if dot in _HALF else 32), 8, 3
         if triton.cdiv(m, 128) * triton.cdiv(n, 128) * batch < multiprocessors(device):
-            tile = (128, 64, 64)
+            tile = (128, 64, tile[2])
     elif dot == torch.float32:
         tile, warps, stages = (64, 64, 32), 4, 3
     else:
@@ -171,10 +153,15 @@ def _tiles(
     }
 
 
-def _dot_dtype(data: torch.Tensor, *params: torch.Tensor) -> torch.dtype:
-    """The dot's operand dtype: half data's own dtype, else the accumulator's."""
-    acc = acc_dtype(data, *params)
-    return data.dtype if data.dtype in _HALF and acc == torch.float32 else acc
+def _dot_mode(data: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.dtype, str]:
+    """(operand dtype, input_precision) of one product of ``data``'s op (module docstring)."""
+    if torch.float64 in (data.dtype, a.dtype, b.dtype):
+        return torch.float64, "ieee"
+    if data.dtype == torch.float32:
+        return torch.float32, "ieee"
+    if a.dtype == b.dtype == data.dtype:
+        return data.dtype, "tf32"  # a half dot: the precision argument does not apply
+    return torch.float32, "tf32"
 
 
 def _gemm(
@@ -184,44 +171,30 @@ def _gemm(
     *,
     size: tuple[int, int, int],
     inner: tuple[int, int],
-    dot: torch.dtype,
+    data: torch.Tensor,
     scale_root: int = 1,
     batch: int = 1,
-    k_rows: bool = False,
 ) -> None:
     """C[z] = (A[z] @ B[z]) / sqrt(scale_root) for z < batch, each operand read in place.
 
     a = (tensor, (mo, mi, ko, ki, z) strides), b = (tensor, (ko, ki, n, z)),
     c = (tensor, (mo, mi, n, z)); size = (M, N, K); inner = (M_INNER, K_INNER), the
-    splits of m and k (see ``_gemm_kernel``); k_rows: K is a row index split per element.
+    splits of m and k (see ``_gemm_kernel``); ``data`` is the op's data (E or dx), which
+    decides the dot's precision with the operands' dtypes.
     """
     m, n, k = size
     if m * n * batch == 0:
         return
     m_inner, k_inner = (max(1, part) for part in inner)
-    tiles = _tiles(m, n, k if k_rows else k_inner, batch, dot, c[0].device)
+    dot, precision = _dot_mode(data, a[0], b[0])
+    tiles = _tiles(m, n, k_inner, batch, dot, precision, c[0].device)
     grid = (triton.cdiv(m, tiles["BLOCK_M"]) * triton.cdiv(n, tiles["BLOCK_N"]), batch)
     _gemm_kernel[grid](
-        a[0],
-        b[0],
-        c[0],
-        m,
-        n,
-        k,
-        m_inner,
-        k_inner,
-        *a[1],
-        *b[1],
-        *c[1],
-        scale_root,
+        a[0], b[0], c[0], m, n, k, m_inner, k_inner, *a[1], *b[1], *c[1], scale_root,
         ACC=tl_dtype(torch.float64 if dot == torch.float64 else torch.float32),
-        DOT=tl_dtype(dot),
-        PRECISION="tf32" if dot in _HALF else "ieee",
-        K_ROWS=k_rows,
-        EVEN_K=k_inner % tiles["BLOCK_K"] == 0,
-        GROUP_M=8,
-        **tiles,
-    )
+        DOT=tl_dtype(dot), PRECISION=precision, SPLIT_M=m_inner < m,
+        EVEN_K=k_inner % tiles["BLOCK_K"] == 0, GROUP_M=8, **tiles,
+    )  # fmt: skip
 
 
 def ortho_mux_fwd(
@@ -241,7 +214,7 @@ def ortho_mux_fwd(
         (out, (length * d, d, 1, 0)),  # x[g,t,j]
         size=(groups * length, d, num * d),
         inner=(length, d),
-        dot=_dot_dtype(embeddings, matrices),
+        data=embeddings,
         scale_root=num,
     )
     return out
@@ -258,21 +231,21 @@ def ortho_mux_bwd(
     """dE[g,i,t] = N^(-1/2) P[i]ᵀ dx[g,t]; dP[i] = N^(-1/2) Σ_{g,t} dx[g,t] E[g,i,t]ᵀ.
 
     dE is N GEMMs dx (B'·L × d) @ P[i] written into E's layout; dP (when matrices_grad,
-    else an empty (0,) tensor) is N GEMMs dxᵀ @ E_i with inner dimension B'·L.
+    else an empty (0,) tensor) is N GEMMs dxᵀ @ E_i with inner dimension B'·L, walked group
+    by group (L rows at a time).
     """
     check_contiguous(grad_out=grad_out, embeddings=embeddings, matrices=matrices)
     groups, num, length, d = embeddings.shape
     d_embeddings, d_matrices = outputs(
         (d_embeddings, d_matrices), (embeddings, matrices), asked=(True, matrices_grad)
     )
-    dot = _dot_dtype(embeddings, matrices)
     _gemm(
         (grad_out, (length * d, d, 0, 1, 0)),  # dx[g,t,j]: m=(g,t), k=j
         (matrices, (0, d, 1, d * d)),  # P[i,j,e]: k=j, n=e, z=i
         (d_embeddings, (num * length * d, d, 1, length * d)),  # dE[g,i,t,e]
         size=(groups * length, d, d),
         inner=(length, d),
-        dot=dot,
+        data=grad_out,
         scale_root=num,
         batch=num,
     )
@@ -283,36 +256,53 @@ def ortho_mux_bwd(
             (d_matrices, (0, d, 1, d * d)),  # dP[i,j,e]
             size=(d, d, groups * length),
             inner=(d, length),
-            dot=dot,
+            data=grad_out,
             scale_root=num,
             batch=num,
-            k_rows=True,
         )
     return d_embeddings, d_matrices
 
 
-def _lowrank_y(
-    embeddings: torch.Tensor, h: torch.Tensor, dot: torch.dtype, y: torch.Tensor
-) -> torch.Tensor:
-    """y[g,t, i·c + j] = Σ_e E[g,i,t,e] H[e, i·c + j]: a grouped GEMM over the instances i."""
+def _padded(d: int, num: int) -> tuple[int, int]:
+    """(c, cp): the low-rank block width c = d // N and c rounded up to 16."""
+    c = d // num
+    return c, -(-c // 16) * 16
+
+
+def _packed_h(h: torch.Tensor, num: int, dtype: torch.dtype) -> torch.Tensor:
+    """Hp (N, d, cp): Hp[i, :, :c] = H[:, S_i], zero past c."""
+    d = h.shape[0]
+    c, cp = _padded(d, num)
+    hp = h.new_zeros((num, d, cp), dtype=dtype)
+    hp[:, :, :c] = h[:, : num * c].reshape(d, num, c).transpose(0, 1)
+    return hp
+
+
+def _packed_u(u: torch.Tensor, num: int, dtype: torch.dtype) -> torch.Tensor:
+    """Up (d, N·cp): Up[:, i·cp : i·cp + c] = U[:, S_i], zero in the padding columns."""
+    d = u.shape[0]
+    c, cp = _padded(d, num)
+    up = u.new_zeros((d, num, cp), dtype=dtype)
+    up[:, :, :c] = u[:, : num * c].reshape(d, num, c)
+    return up.reshape(d, num * cp)
+
+
+def _lowrank_y(embeddings: torch.Tensor, hp_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """y[(g,t), i·cp + j] = Σ_e E[g,i,t,e] Hp[i,e,j]: a grouped GEMM over the instances i,
+    reading Hp through its transpose hp_t (N, cp, d), so both operands are contiguous along
+    e (TF32 tensor cores take fp32 operands only that way)."""
     groups, num, length, d = embeddings.shape
-    width = d // num
+    cp = hp_t.shape[1]
     _gemm(
         (embeddings, (num * length * d, d, 0, 1, length * d)),  # E[g,i,t,e]: m=(g,t), k=e, z=i
-        (h, (0, d, 1, width)),  # H[e, i·c + j]: k=e, n=j, z=i
-        (y, (length * num * width, num * width, 1, width)),  # y[(g,t), i·c + j]
-        size=(groups * length, width, d),
+        (hp_t, (0, 1, d, cp * d)),  # Hp[i,e,j] = hp_t[i,j,e]: k=e, n=j, z=i
+        (y, (length * num * cp, num * cp, 1, cp)),  # y[(g,t), i·cp + j]
+        size=(groups * length, cp, d),
         inner=(length, d),
-        dot=dot,
+        data=embeddings,
         batch=num,
     )
     return y
-
-
-def _intermediate(embeddings: torch.Tensor, dot: torch.dtype) -> torch.Tensor:
-    """An empty (B'·L, N·c) buffer for y or dy, in the dot's dtype."""
-    groups, num, length, d = embeddings.shape
-    return embeddings.new_empty((groups * length, num * (d // num)), dtype=dot)
 
 
 def lowrank_ortho_mux_fwd(
@@ -320,21 +310,25 @@ def lowrank_ortho_mux_fwd(
 ) -> torch.Tensor:
     """x[g,t] = N^(-1/2) U[:, :N·c] y[g,t] with y[g,t,S_i] = H[:, S_i]ᵀ E[g,i,t], c = d // N.
 
-    Two GEMMs of d² per row (the grouped one reads E in place); ``out``: optional (B',L,d).
+    Two GEMMs of d² per row (the grouped one reads E in place) over 16-aligned padded
+    blocks; ``out``: optional (B',L,d).
     """
     check_contiguous(embeddings=embeddings, u=u, h=h)
     groups, num, length, d = embeddings.shape
     if out is None:
         out = embeddings.new_empty((groups, length, d))
-    dot = _dot_dtype(embeddings, u, h)
-    y = _lowrank_y(embeddings, h, dot, _intermediate(embeddings, dot))
+    rows, width = groups * length, num * _padded(d, num)[1]
+    inter = acc_dtype(embeddings, u, h)  # y and dy: float32 for half data, never rounded
+    hp_t = _packed_h(h, num, inter).transpose(1, 2).contiguous()
+    y = _lowrank_y(embeddings, hp_t, embeddings.new_empty((rows, width), dtype=inter))
+    up = _packed_u(u, num, inter)
     _gemm(
-        (y, (0, y.shape[1], 0, 1, 0)),  # y[r, k]
-        (u, (0, 1, d, 0)),  # B[k, j] = U[j, k]
+        (y, (0, width, 0, 1, 0)),  # y[r, k]
+        (up, (0, 1, width, 0)),  # B[k, j] = Up[j, k]
         (out, (0, d, 1, 0)),  # x[r, j]
-        size=(groups * length, d, y.shape[1]),
-        inner=(groups * length, y.shape[1]),
-        dot=dot,
+        size=(rows, d, width),
+        inner=(rows, width),
+        data=embeddings,
         scale_root=num,
     )
     return out
@@ -356,53 +350,59 @@ def lowrank_ortho_mux_bwd(
     """
     check_contiguous(grad_out=grad_out, embeddings=embeddings, u=u, h=h)
     groups, num, length, d = embeddings.shape
-    rows, width = groups * length, d // num
+    c, cp = _padded(d, num)
+    rows, width = groups * length, num * cp
     d_embeddings, d_u, d_h = outputs(
         (d_embeddings, d_u, d_h), (embeddings, u, h), asked=(True, factors_grad, factors_grad)
     )
-    dot = _dot_dtype(embeddings, u, h)
-    dy = _intermediate(embeddings, dot)
+    inter = acc_dtype(embeddings, u, h)  # y and dy: float32 for half data, never rounded
+    up_t, hp = _packed_u(u, num, inter).t().contiguous(), _packed_h(h, num, inter)
+    dy = embeddings.new_empty((rows, width), dtype=inter)
     _gemm(
         (grad_out, (0, d, 0, 1, 0)),  # dx[r, k]
-        (u, (0, d, 1, 0)),  # U[k, j], j < N·c
-        (dy, (0, num * width, 1, 0)),  # dy[r, j]
-        size=(rows, num * width, d),
+        (up_t, (0, 1, d, 0)),  # Up[k, j] = up_t[j, k]
+        (dy, (0, width, 1, 0)),  # dy[r, j]
+        size=(rows, width, d),
         inner=(rows, d),
-        dot=dot,
+        data=grad_out,
         scale_root=num,
     )
     _gemm(
-        (dy, (length * num * width, num * width, 0, 1, width)),  # dy[(g,t), i·c + j]: k=j, z=i
-        (h, (0, 1, d, width)),  # B[j, e] = H[e, i·c + j]
+        (dy, (length * width, width, 0, 1, cp)),  # dy[(g,t), i·cp + j]: k=j, z=i
+        (hp, (0, 1, cp, d * cp)),  # B[j, e] = Hp[i,e,j]
         (d_embeddings, (num * length * d, d, 1, length * d)),  # dE[g,i,t,e]
-        size=(rows, d, width),
-        inner=(length, width),
-        dot=dot,
+        size=(rows, d, cp),
+        inner=(length, cp),
+        data=grad_out,
         batch=num,
     )
     if factors_grad:
-        y = _lowrank_y(embeddings, h, dot, _intermediate(embeddings, dot))
+        hp_t = hp.transpose(1, 2).contiguous()
+        y = _lowrank_y(embeddings, hp_t, embeddings.new_empty((rows, width), dtype=inter))
+        d_up = embeddings.new_empty((d, width), dtype=inter)
         _gemm(
             (grad_out, (0, 1, 0, d, 0)),  # A[a, r] = dx[r, a]
-            (y, (0, num * width, 1, 0)),  # y[r, j]
-            (d_u, (0, d, 1, 0)),  # dU[a, j], j < N·c
-            size=(d, num * width, rows),
+            (y, (0, width, 1, 0)),  # y[r, j]
+            (d_up, (0, width, 1, 0)),  # dUp[a, j]
+            size=(d, width, rows),
             inner=(d, rows),
-            dot=dot,
+            data=grad_out,
             scale_root=num,
         )
+        d_hp = embeddings.new_empty((num, d, cp), dtype=inter)
         _gemm(
             (embeddings, (0, 1, num * length * d, d, length * d)),  # A[e, (g,t)] = E[g,i,t,e]
-            (dy, (length * num * width, num * width, 1, width)),  # dy[(g,t), i·c + j]
-            (d_h, (0, d, 1, width)),  # dH[e, i·c + j]
-            size=(d, width, rows),
+            (dy, (length * width, width, 1, cp)),  # dy[(g,t), i·cp + j]
+            (d_hp, (0, cp, 1, d * cp)),  # dHp[i, e, j]
+            size=(d, cp, rows),
             inner=(d, length),
-            dot=dot,
+            data=grad_out,
             batch=num,
-            k_rows=True,
         )
-        d_u[:, num * width :].zero_()
-        d_h[:, num * width :].zero_()
+        d_u[:, : num * c].copy_(d_up.reshape(d, num, cp)[:, :, :c].reshape(d, num * c))
+        d_h[:, : num * c].copy_(d_hp[:, :, :c].transpose(0, 1).reshape(d, num * c))
+        d_u[:, num * c :].zero_()
+        d_h[:, num * c :].zero_()
     return d_embeddings, d_u, d_h
 
 
