@@ -18,23 +18,32 @@ from . import sass
 from .variants import Variant
 
 
-def _cuobjdump() -> str:
+def _tool(name: str) -> str:
     import triton.knobs
 
-    return triton.knobs.nvidia.cuobjdump.path
+    return getattr(triton.knobs.nvidia, name).path
+
+
+def _run(*command: str) -> str:
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {out.stderr.strip()}")
+    return out.stdout
 
 
 def read_binary(path: Path) -> dict[str, sass.Function]:
-    """Every function of a cubin or a shared library with embedded sm_90 code."""
-    tool = _cuobjdump()
+    """Every function of a shared library with embedded sm_90 code (cuobjdump -sass)."""
+    cuobjdump = _tool("cuobjdump")
+    return sass.parse(_run(cuobjdump, "-res-usage", str(path)), _run(cuobjdump, "-sass", str(path)))
 
-    def dump(flag: str) -> str:
-        out = subprocess.run([tool, flag, str(path)], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"cuobjdump {flag} {path} failed: {out.stderr.strip()}")
-        return out.stdout
 
-    return sass.parse(dump("-res-usage"), dump("-sass"))
+def read_cubin(path: Path) -> sass.Function:
+    """The one function of a Triton cubin (nvdisasm without dataflow analysis, the fastest
+    disassembly: most of the gate's time goes to it)."""
+    sass_text = _run(_tool("nvdisasm"), "-ndf", "-c", str(path))
+    return next(
+        iter(sass.parse(_run(_tool("cuobjdump"), "-res-usage", str(path)), sass_text).values())
+    )
 
 
 def _specialisation(compiled) -> str:
@@ -49,6 +58,15 @@ def _specialisation(compiled) -> str:
     meta = compiled.metadata
     return " ".join([*constants, f"ptr={'/'.join(pointers)}", f"w{meta.num_warps}",
                      f"s{meta.num_stages}"])  # fmt: skip
+
+
+def triton_variant(kernel: str, compiled, scratch: Path) -> Variant:
+    """The variant of one compiled Triton kernel, its cubin read from a file in ``scratch``."""
+    cubin = scratch / f"{compiled.hash}.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    meta = compiled.metadata
+    return Variant("triton", kernel, _specialisation(compiled), read_cubin(cubin),
+                   warps=meta.num_warps, shared_bytes=meta.shared)  # fmt: skip
 
 
 def _triton_share(configs: list, sizes: tuple[int, int]) -> list[Variant]:
@@ -69,16 +87,10 @@ def _triton_share(configs: list, sizes: tuple[int, int]) -> list[Variant]:
                     configs=[str(launch.config)], error=launch.error,
                 )  # fmt: skip
                 continue
-            compiled = launch.compiled
-            variant = variants.get(compiled.hash)
+            variant = variants.get(launch.compiled.hash)
             if variant is None:
-                cubin = Path(tmp) / f"{compiled.hash}.cubin"
-                cubin.write_bytes(compiled.asm["cubin"])
-                function = next(iter(read_binary(cubin).values()))
-                variant = variants[compiled.hash] = Variant(
-                    "triton", launch.kernel, _specialisation(compiled), function,
-                    warps=compiled.metadata.num_warps, shared_bytes=compiled.metadata.shared,
-                )  # fmt: skip
+                variant = triton_variant(launch.kernel, launch.compiled, Path(tmp))
+                variants[launch.compiled.hash] = variant
             variant.configs.append(str(launch.config))
             variant.grids.add(launch.grid)
     return list(variants.values())

@@ -1,7 +1,8 @@
 """What the sm_90 machine code of a kernel says: resources, spills, loops and access widths.
 
-Input is the text of ``cuobjdump -res-usage`` and ``cuobjdump -sass`` (the tools Triton
-ships, so no GPU driver and no full CUDA toolkit is needed). For each function:
+Input is the text of ``cuobjdump -res-usage`` and the SASS listing of ``cuobjdump -sass`` or
+``nvdisasm -c`` (the tools Triton ships, so no GPU driver and no full CUDA toolkit is
+needed). For each function:
 
 - registers per thread, stack frame and local memory bytes (a frame or any LDL/STL
   instruction means spilled registers: none of our kernels has local arrays), static
@@ -20,12 +21,13 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 
-_FUNCTION = re.compile(r"^\s*Function\s*:?\s*(\S+?):?\s*$")
+_FUNCTION = re.compile(r"^\s*Function\s*:?\s*(\S+?):?\s*$|^//-+ \.text\.(\S+) -+$")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
 _RESOURCES = re.compile(
     r"REG:(?P<reg>\d+)\s+STACK:(?P<stack>\d+)\s+SHARED:(?P<shared>\d+)\s+LOCAL:(?P<local>\d+)"
 )
 _INSTRUCTION = re.compile(r"^\s*/\*(?P<addr>[0-9a-f]{4,})\*/\s+(?P<text>[^;]*);")
-_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)|0x(?P<target>[0-9a-f]+))")
+_BRANCH = re.compile(r"\bBRA(?:\.\w+)*\s+(?:`\((?P<label>\.L_x_\d+)\)|0x(?P<target>[0-9a-f]+))")
 _WIDTHS = {"128": 128, "64": 64, "U16": 16, "S16": 16, "U8": 8, "S8": 8}
 GLOBAL_LOADS = ("LDG", "LDGSTS")
 GLOBAL_STORES = ("STG",)
@@ -74,20 +76,26 @@ def _opcode(text: str) -> str:
     return words[0] if words else ""
 
 
-def _hot_ranges(instructions: list[tuple[int, str]]) -> list[tuple[int, int]]:
+def _hot_ranges(instructions: list[tuple[int, str]], labels: dict[str, int]) -> list[tuple]:
     """Address ranges [target, branch] of the backward branches (loops)."""
     ranges = []
     for addr, text in instructions:
         match = _BRANCH.search(text)
-        if match and match.group("target") is not None:
+        if match is None:
+            continue
+        if match.group("target") is not None:
             target = int(match.group("target"), 16)
-            if target < addr:
-                ranges.append((target, addr))
+        else:
+            target = labels.get(match.group("label"), addr)
+        if target < addr:
+            ranges.append((target, addr))
     return ranges
 
 
-def _analyse(function: Function, instructions: list[tuple[int, str]]) -> None:
-    ranges = _hot_ranges(instructions)
+def _analyse(
+    function: Function, instructions: list[tuple[int, str]], labels: dict[str, int]
+) -> None:
+    ranges = _hot_ranges(instructions, labels)
     function.loops = len(ranges)
     for addr, text in instructions:
         opcode = _opcode(text)
@@ -107,17 +115,20 @@ def _analyse(function: Function, instructions: list[tuple[int, str]]) -> None:
             function.barriers += 1
 
 
+def _name(match: re.Match) -> str:
+    return match.group(1) or match.group(2)
+
+
 def parse(res_usage: str, sass: str) -> dict[str, Function]:
     """Every function of a cubin or fat binary, by demangled name."""
     lines = (res_usage + "\n" + sass).splitlines()
-    names = [m.group(1) for line in lines if (m := _FUNCTION.match(line))]
-    demangle = demangle_all(names).get
+    demangle = demangle_all([_name(m) for line in lines if (m := _FUNCTION.match(line))]).get
     functions: dict[str, Function] = {}
     current: Function | None = None
     for line in res_usage.splitlines():
         match = _FUNCTION.match(line)
         if match:
-            name = demangle(match.group(1))
+            name = demangle(_name(match))
             current = functions.setdefault(name, Function(name))
             continue
         match = _RESOURCES.search(line)
@@ -127,19 +138,28 @@ def parse(res_usage: str, sass: str) -> dict[str, Function]:
             current.local_bytes = int(match["local"])
             current.shared_bytes = int(match["shared"])
     body: list[tuple[int, str]] = []
+    labels: dict[str, int] = {}
+    pending: list[str] = []  # labels waiting for the address of the next instruction
     current = None
     for line in [*sass.splitlines(), "Function : <end>"]:
         match = _FUNCTION.match(line)
         if match:
             if current is not None:
-                _analyse(current, body)
-            name = demangle(match.group(1))
+                _analyse(current, body, labels)
+            name = demangle(_name(match))
             current = functions.setdefault(name, Function(name)) if name != "<end>" else None
-            body = []
+            body, labels, pending = [], {}, []
+            continue
+        match = _LABEL.match(line.strip())
+        if match:
+            pending.append(match.group(1))
             continue
         match = _INSTRUCTION.match(line)
         if match:
-            body.append((int(match["addr"], 16), match["text"].strip()))
+            addr = int(match["addr"], 16)
+            labels.update(dict.fromkeys(pending, addr))
+            pending = []
+            body.append((addr, match["text"].strip()))
     return functions
 
 

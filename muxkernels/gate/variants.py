@@ -31,6 +31,15 @@ MEMORY_BOUND = (
     "demux_gather_bwd_kernel",
 )
 VECTOR_CHECKED = ("bf16 ", "d=768")  # the configs the width and in-flight rules apply to
+# Kernels whose hot loop also reads int64 ids or indices (a 64-bit load, the same for every
+# thread of a row): 64-bit loads are allowed there, nothing else narrower than 128 bits.
+INDEX_READERS = (
+    "embed_mux_fwd_kernel",
+    "demux_gather_fwd_kernel",
+    "demux_gather_bwd_kernel",
+    "_rows_fwd_kernel",
+    "_rows_bwd_kernel",
+)
 
 
 @dataclass
@@ -86,7 +95,10 @@ class Variant:
         if occ is not None and occ.blocks == 0:
             found.append(f"{name}: no block fits on an SM")
         if self.vector_checked():
-            narrow = {w: n for w, n in (f.loads + f.stores).items() if w < 128}
+            narrow = f.loads + f.stores
+            if self.kernel in INDEX_READERS:
+                narrow[64] -= f.loads[64]
+            narrow = {w: n for w, n in narrow.items() if w < 128 and n > 0}
             if narrow:
                 widths = sass.format_widths(sass.Counter(narrow))
                 found.append(f"{name}: hot-loop global accesses narrower than 128 bits: {widths}")
