@@ -1,17 +1,19 @@
 // Index-demultiplex gather core, backward kernels. See demux_gather_bwd.h for the
 // contract.
 //
-// Main kernel: block (g, tile) holds R rows (g, t) for R consecutive positions t of the
-// tile, each row held by the threads of one threadIdx.y (ITEMS packs per thread, ~8
-// elements, so that c, the recomputed forward values and the dc, d_ln_weight and
-// d_ln_bias accumulators stay in registers). For each instance i every row recomputes
-// pre, x and rstd, loads du, and computes dpre; dc accumulates in registers over i. For
-// the token and sequence gathers the R rows' dpre meet in shared memory and the block
-// adds them in a fixed order, writing da_partial[g, tile, i]; the selected gather
-// writes dpre to a workspace instead and a second kernel sums, for each (g, i), the rows
-// that selected i. The LayerNorm parameter gradients are summed over the block's rows the
-// same way at the end. No atomics: every sum has a fixed order. Only CUDA headers are
-// included here (no torch/ATen).
+// Main kernel: block (g, s) takes the tiles s, s + S, ... of group g (S = splits), each
+// tile R rows (g, t) for R consecutive positions t, each row held by the threads of one
+// threadIdx.y (ITEMS packs per thread, at most 16 elements, so that the dc, d_ln_weight and
+// d_ln_bias accumulators stay in registers; c and a are read from L1 where needed). For
+// each instance i every row recomputes z = a + c, x and rstd, loads du, and computes dz;
+// dc accumulates in registers over i. For the token and sequence gathers the R rows' dz meet in shared
+// memory and the block adds them, in a fixed order, to its own running da_partial[g, s, i]
+// (written on its first tile, then read back and added to by the same threads: it stays
+// in L2, and memory sees S partial rows per (g, i) rather than one per tile). The
+// selected gather writes dz to a workspace instead and a second kernel sums, for each
+// (g, i), the rows that selected i. The LayerNorm parameter gradients are summed over the
+// block's rows the same way at the end. No atomics: every sum has a fixed order. Only
+// CUDA headers are included here (no torch/ATen).
 
 #include "demux_gather_bwd.h"
 
@@ -39,12 +41,18 @@ constexpr int kMaxRowsPerBlock = 16;
 // needs no opt-in): one row always fits, as d <= kMaxDemuxD = 8192.
 constexpr int64_t kMaxStageFloats = 11 * 1024;
 static_assert(kMaxStageFloats >= kMaxDemuxD, "one staging row must fit");
-constexpr int kSelectDaThreads = 256;
+// Blocks the main kernel aims for (about 4 per SM of an H100 / H200); the splits per
+// group follow from it.
+constexpr int64_t kTargetBlocks = 512;
+constexpr int kSelectDaThreads = 64;  // a block sums 4·64 columns of da for a chunk of i
+constexpr int64_t kSelectDaSmem = 40 * 1024;
 constexpr int64_t kMaxGridY = 65535;
 
-// Threads of a block: the rows of 8 elements per thread fit in 128 registers at 512.
-template <int ITEMS>
-constexpr int kMaxThreads = ITEMS <= 4 ? 512 : 1024;
+// Registers: three accumulators across instances (dc, d_ln_weight, d_ln_bias) and x, du
+// within one, up to 8 elements each on the vector path (rows of 4096 in 512 threads), 1 on
+// the element-wise one (rows of 1024); longer rows are computed with ATen ops.
+template <int VEC>
+using Policy = detail::RowPolicy<VEC, 8, 512, 1>;
 
 template <typename T>
 struct Params {
@@ -58,167 +66,222 @@ struct Params {
   float* dpre;
   int64_t n, len, d;
   int64_t a_group_stride;  // n * d, or 0 when a is broadcast over the groups
-  int64_t t0, t_out, tiles, blocks;
+  int64_t t0, t_out, tiles, splits, blocks;
   float inv_d, eps;
 };
 
-// The sum over the block's `rows` rows of v (ITEMS packs per thread, valid packs only)
-// written to out[k] for k < d; `stage` holds blockDim.y rows of d floats. Every thread of
-// the block calls it.
+// Stores v (ITEMS packs per thread, valid packs only) as fp32 into row `out` with 16-byte
+// stores.
+template <int VEC, int ITEMS>
+__device__ __forceinline__ void store_row_f32(const float (&v)[ITEMS][VEC], int64_t packs,
+                                              float* __restrict__ out) {
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) detail::store_acc<float, VEC>(out + pack_of(j) * VEC, v[j]);
+  }
+}
+
+// The sum over the block's `rows` rows of v written to out (d floats), or added to it
+// when `accumulate` (the threads that add a column are the ones that wrote it before);
+// `stage` holds blockDim.y rows of d floats. Every thread of the block calls it.
 template <int VEC, int ITEMS>
 __device__ __forceinline__ void block_row_sum(const float (&v)[ITEMS][VEC], bool active,
                                               int64_t packs, int64_t d, int64_t rows,
-                                              float* stage, float* __restrict__ out) {
-  if (active) {
-    float* mine = stage + threadIdx.y * d;
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      if (pack_of(j) < packs) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) mine[pack_of(j) * VEC + e] = v[j][e];
-      }
-    }
-  }
+                                              bool accumulate, float* stage,
+                                              float* __restrict__ out) {
+  if (active) store_row_f32(v, packs, stage + threadIdx.y * d);
   __syncthreads();
-  const int64_t threads = static_cast<int64_t>(blockDim.x) * blockDim.y;
-  for (int64_t k = threadIdx.y * blockDim.x + threadIdx.x; k < d; k += threads) {
-    float s = 0.0f;
-    for (int64_t r = 0; r < rows; ++r) s += stage[r * d + k];
-    out[k] = s;
+  const int threads = static_cast<int>(blockDim.x * blockDim.y);
+  for (int64_t k = threadIdx.y * blockDim.x + threadIdx.x; k < packs; k += threads) {
+    float s[VEC];
+    detail::load_acc<float, VEC>(stage + k * VEC, s);
+    for (int64_t r = 1; r < rows; ++r) {
+      float t[VEC];
+      detail::load_acc<float, VEC>(stage + r * d + k * VEC, t);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s[e] += t[e];
+    }
+    if (accumulate) {
+      float before[VEC];
+      detail::load_acc<float, VEC>(out + k * VEC, before);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s[e] += before[e];
+    }
+    detail::store_acc<float, VEC>(out + k * VEC, s);
   }
   __syncthreads();
 }
 
 template <typename T, int VEC, int ITEMS>
-__global__ void __launch_bounds__(kMaxThreads<ITEMS>)
+__global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks)
     demux_gather_bwd_kernel(const Params<T> p) {
   extern __shared__ float stage[];  // blockDim.y rows of d floats
   __shared__ float red[kMaxRowsPerBlock * 32 * 2];
   const int64_t packs = p.d / VEC;
-  const int64_t g = blockIdx.x / p.tiles;
-  const int64_t tile = blockIdx.x - g * p.tiles;
-  const int64_t left = p.t_out - tile * blockDim.y;  // positions from this tile on
-  const int64_t rows = left < blockDim.y ? left : blockDim.y;
-  const bool active = threadIdx.y < rows;  // uniform over the row's threads
-  const int64_t tt = tile * blockDim.y + threadIdx.y;
-  const int64_t c_row = g * p.len + p.t0 + tt;  // also the row of dc and dpre
-
-  float c[ITEMS][VEC], dc[ITEMS][VEC], dw[ITEMS][VEC], db[ITEMS][VEC];
-  if (active) {
-    detail::load_row<T>(p.c + c_row * p.d, packs, c);
-  } else {
-    detail::load_row<T>(p.c, 0, c);  // zeros
-  }
+  const int64_t g = blockIdx.x / p.splits;
+  const int64_t split = blockIdx.x - g * p.splits;
+  float dw[ITEMS][VEC], db[ITEMS][VEC];
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) dc[j][e] = dw[j][e] = db[j][e] = 0.0f;
+    for (int e = 0; e < VEC; ++e) dw[j][e] = db[j][e] = 0.0f;
   }
 
-  // All n instances, or the one index[g, t] selects: the same count in every row.
-  int64_t i = 0;
-  int64_t i_end = p.n;
-  if (p.index != nullptr) {
-    i = active ? p.index[c_row] : 0;
-    i_end = i + 1;
-  }
-#pragma unroll 1
-  for (; i < i_end; ++i) {
-    float pre[ITEMS][VEC], x[ITEMS][VEC], du[ITEMS][VEC];
-    const float rstd = detail::centered_gelu<T>(p.a, g * p.a_group_stride + i * p.d, c, packs,
-                                                p.inv_d, p.eps, red, pre, x);
-    const int64_t du_row = p.index != nullptr ? c_row : (g * p.n + i) * p.t_out + tt;
-    detail::load_row<T>(p.grad_u + du_row * p.d, active ? packs : 0, du);
+  for (int64_t tile = split; tile < p.tiles; tile += p.splits) {  // uniform over the block
+    const int64_t left = p.t_out - tile * blockDim.y;  // positions from this tile on
+    const int64_t rows = left < blockDim.y ? left : blockDim.y;
+    const bool active = threadIdx.y < rows;  // uniform over the row's threads
+    const int64_t tt = tile * blockDim.y + threadIdx.y;
+    const int64_t c_row = g * p.len + p.t0 + tt;  // also the row of dc and dpre
 
-    // x <- xhat, du <- gd = du * ln_weight; sums of gd and gd * xhat.
-    float s[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      if (pack_of(j) < packs) {
-        float w[VEC];
-        detail::load_param<T, VEC>(p.ln_weight, pack_of(j) * VEC, w);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          x[j][e] *= rstd;
-          dw[j][e] += du[j][e] * x[j][e];
-          db[j][e] += du[j][e];
-          du[j][e] *= w[e];
-          s[0] += du[j][e];
-          s[1] += du[j][e] * x[j][e];
-        }
-      }
-    }
-    detail::row_sum(s, red);
-    const float mean_gd = s[0] * p.inv_d;
-    const float mean_gd_xhat = s[1] * p.inv_d;
-    // x <- dpre
+    // c is read from L1 where it is needed, not held: registers go to the accumulators
+    const StorageOf<T>* c = p.c + (active ? c_row : 0) * p.d;
+    const int64_t c_packs = active ? packs : 0;  // rows past the end read zeros
+    float dc[ITEMS][VEC];
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j) {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        x[j][e] = rstd * (du[j][e] - mean_gd - x[j][e] * mean_gd_xhat) *
-                  detail::gelu_grad(pre[j][e]);
-        dc[j][e] += x[j][e];
-      }
+      for (int e = 0; e < VEC; ++e) dc[j][e] = 0.0f;
     }
+
+    // All n instances, or the one index[g, t] selects: the same count in every row.
+    int64_t i = 0;
+    int64_t i_end = p.n;
     if (p.index != nullptr) {
-      if (active) {
+      i = active ? p.index[c_row] : 0;
+      i_end = i + 1;
+    }
+#pragma unroll 1
+    for (; i < i_end; ++i) {
+      const int64_t a_row = g * p.a_group_stride + i * p.d;
+      float x[ITEMS][VEC], du[ITEMS][VEC];
+      detail::add_row<T>(p.a, a_row, c, c_packs, x);
+      const float rstd = detail::centered_gelu(x, packs, p.inv_d, p.eps, red);
+      const int64_t du_row = p.index != nullptr ? c_row : (g * p.n + i) * p.t_out + tt;
+      detail::load_row<T>(p.grad_u + du_row * p.d, active ? packs : 0, du);
+
+      // x <- xhat, du <- gd = du * ln_weight; sums of gd and gd * xhat.
+      float s[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int j = 0; j < ITEMS; ++j) {
-          if (pack_of(j) < packs) {
-            float* out = p.dpre + c_row * p.d + pack_of(j) * VEC;
+      for (int j = 0; j < ITEMS; ++j) {
+        if (pack_of(j) < packs) {
+          float w[VEC];
+          detail::load_param<T, VEC>(p.ln_weight, pack_of(j) * VEC, w);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) out[e] = x[j][e];
+          for (int e = 0; e < VEC; ++e) {
+            x[j][e] *= rstd;
+            dw[j][e] += du[j][e] * x[j][e];
+            db[j][e] += du[j][e];
+            du[j][e] *= w[e];
+            s[0] += du[j][e];
+            s[1] += du[j][e] * x[j][e];
           }
         }
       }
-    } else {
-      block_row_sum(x, active, packs, p.d, rows, stage,
-                    p.da_partial + ((g * p.tiles + tile) * p.n + i) * p.d);
-    }
-  }
-
-  if (active) {
+      detail::row_sum(s, red);
+      const float mean_gd = s[0] * p.inv_d;
+      const float mean_gd_xhat = s[1] * p.inv_d;
+      // x <- dz = dy * gelu'(z), with z = a + c recomputed (a from L1) rather than kept
 #pragma unroll
-    for (int j = 0; j < ITEMS; ++j) {
-      if (pack_of(j) < packs) {
-        detail::store_acc<T, VEC>(p.dc + c_row * p.d + pack_of(j) * VEC, dc[j]);
+      for (int j = 0; j < ITEMS; ++j) {
+        if (pack_of(j) < packs) {
+          float z[VEC], cv[VEC];
+          detail::load_param<T, VEC>(p.a, a_row + pack_of(j) * VEC, z);
+          if (pack_of(j) < c_packs) {
+            detail::load_acc<T, VEC>(c + pack_of(j) * VEC, cv);
+          } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) cv[e] = 0.0f;
+          }
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            x[j][e] = rstd * (du[j][e] - mean_gd - x[j][e] * mean_gd_xhat) *
+                      detail::gelu_grad(z[e] + cv[e]);
+            dc[j][e] += x[j][e];
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) x[j][e] = 0.0f;
+        }
+      }
+      if (p.index != nullptr) {
+        if (active) store_row_f32(x, packs, p.dpre + c_row * p.d);
+      } else {
+        block_row_sum(x, active, packs, p.d, rows, tile != split, stage,
+                      p.da_partial + ((g * p.splits + split) * p.n + i) * p.d);
+      }
+    }
+
+    if (active) {
+#pragma unroll
+      for (int j = 0; j < ITEMS; ++j) {
+        if (pack_of(j) < packs) {
+          detail::store_acc<T, VEC>(p.dc + c_row * p.d + pack_of(j) * VEC, dc[j]);
+        }
       }
     }
   }
-  block_row_sum(dw, active, packs, p.d, rows, stage, p.ln_partial + blockIdx.x * p.d);
-  block_row_sum(db, active, packs, p.d, rows, stage,
+  const int64_t all_rows = p.t_out < static_cast<int64_t>(blockDim.y) ? p.t_out : blockDim.y;
+  block_row_sum(dw, true, packs, p.d, all_rows, false, stage, p.ln_partial + blockIdx.x * p.d);
+  block_row_sum(db, true, packs, p.d, all_rows, false, stage,
                 p.ln_partial + (p.blocks + blockIdx.x) * p.d);
 }
 
-// da[g, i, k] = sum over t with index[g, t] == i of dpre[g, t, k], t ascending.
+// da[g, i, k] = sum over t with index[g, t] == i of dpre[g, t, k], t ascending. Block
+// (g, column slab, chunk of instances): each thread owns 4 columns and accumulates them
+// for every instance of the chunk in shared memory, reading dpre[g] once per chunk.
 __global__ void __launch_bounds__(kSelectDaThreads)
     select_da_kernel(const float* __restrict__ dpre, const int64_t* __restrict__ index,
-                     float* __restrict__ da, int64_t n, int64_t len, int64_t d) {
-  const int64_t g = blockIdx.x / n;
-  const int64_t i = blockIdx.x - g * n;
-  for (int64_t k = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; k < d;
-       k += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    float s = 0.0f;
-    for (int64_t t = 0; t < len; ++t) {
-      if (index[g * len + t] == i) s += dpre[(g * len + t) * d + k];
+                     float* __restrict__ da, int64_t n, int64_t len, int64_t d, int64_t chunk) {
+  extern __shared__ float acc[];  // chunk rows of 4 * kSelectDaThreads floats
+  constexpr int kCols = 4 * kSelectDaThreads;
+  const int64_t g = blockIdx.x;
+  const int64_t k = static_cast<int64_t>(blockIdx.y) * kCols + 4 * threadIdx.x;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.z) * chunk;
+  const int64_t i1 = i0 + chunk < n ? i0 + chunk : n;
+  float* mine = acc + 4 * threadIdx.x;
+  for (int64_t i = i0; i < i1; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) mine[(i - i0) * kCols + e] = 0.0f;
+  }
+  const bool vector = d % 4 == 0;
+  for (int64_t t = 0; t < len; ++t) {
+    const int64_t i = index[g * len + t];
+    if (i < i0 || i >= i1 || k >= d) continue;
+    const float* row = dpre + (g * len + t) * d + k;
+    float v[4];
+    if (vector) {
+      detail::load_acc<float, 4>(row, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = k + e < d ? row[e] : 0.0f;
     }
-    da[(g * n + i) * d + k] = s;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) mine[(i - i0) * kCols + e] += v[e];
+  }
+  if (k >= d) return;
+  for (int64_t i = i0; i < i1; ++i) {
+    float* out = da + (g * n + i) * d + k;
+    if (vector) {
+      detail::store_acc<float, 4>(out, mine + (i - i0) * kCols);
+    } else {
+      for (int e = 0; e < 4 && k + e < d; ++e) out[e] = mine[(i - i0) * kCols + e];
+    }
   }
 }
 
 struct Layout {
   RowLayout row;
   int rows_per_block;
+  bool fits;  // whether a row fits Policy<VEC> (else the kernel does not take it)
 };
 
 template <int VEC>
 Layout choose_layout(const DemuxGatherArgs& a, int64_t t_out) {
   Layout layout;
-  detail::choose_row_layout(a.d / VEC, 1, &layout.row);  // fits: d <= kMaxDemuxD
-  const int max_threads = layout.row.items <= 4 ? kMaxThreads<4> : kMaxThreads<8>;
-  const int64_t rows = std::min<int64_t>(
-      {max_threads / layout.row.threads, kMaxRowsPerBlock, t_out, kMaxStageFloats / a.d});
+  layout.fits = detail::choose_row_layout<Policy<VEC>, VEC>(a.d / VEC, 1, &layout.row);
+  const int64_t rows = std::min<int64_t>({Policy<VEC>::kThreads / layout.row.threads,
+                                          kMaxRowsPerBlock, t_out, kMaxStageFloats / a.d});
   layout.rows_per_block = static_cast<int>(std::max<int64_t>(rows, 1));
   return layout;
 }
@@ -254,22 +317,26 @@ cudaError_t launch(const DemuxGatherArgs& a, const DemuxGatherBwdBuffers& b,
                     rows.t0,
                     rows.t_out,
                     plan.tiles,
+                    plan.splits,
                     plan.blocks,
                     static_cast<float>(1.0 / static_cast<double>(a.d)),
                     static_cast<float>(a.eps)};
   const dim3 block(static_cast<unsigned>(layout.row.threads),
                    static_cast<unsigned>(layout.rows_per_block));
   const size_t stage_bytes = static_cast<size_t>(layout.rows_per_block) * a.d * sizeof(float);
-  cudaError_t err = detail::dispatch_items(layout.row.items, [&](auto items) {
+  cudaError_t err = detail::dispatch_items<VEC, Policy<VEC>>(layout.row.items, [&](auto items) {
     demux_gather_bwd_kernel<T, VEC, decltype(items)::value>
         <<<static_cast<unsigned>(plan.blocks), block, stage_bytes, stream>>>(p);
     return cudaGetLastError();
   });
   if (err != cudaSuccess || !selected) return err;
-  const dim3 da_grid(static_cast<unsigned>(a.groups * a.n),
-                     static_cast<unsigned>(std::min(ceil_div(a.d, kSelectDaThreads), kMaxGridY)));
-  select_da_kernel<<<da_grid, kSelectDaThreads, 0, stream>>>(b.dpre, a.index, b.da_partial, a.n,
-                                                              a.len, a.d);
+  constexpr int64_t kCols = 4 * kSelectDaThreads;
+  const int64_t chunk = std::min<int64_t>(a.n, kSelectDaSmem / (kCols * sizeof(float)));
+  const dim3 da_grid(static_cast<unsigned>(a.groups),
+                     static_cast<unsigned>(std::min(ceil_div(a.d, kCols), kMaxGridY)),
+                     static_cast<unsigned>(ceil_div(a.n, chunk)));
+  select_da_kernel<<<da_grid, kSelectDaThreads, chunk * kCols * sizeof(float), stream>>>(
+      b.dpre, a.index, b.da_partial, a.n, a.len, a.d, chunk);
   return cudaGetLastError();
 }
 
@@ -284,11 +351,14 @@ bool plan_demux_gather_bwd(const DemuxGatherArgs& a, const DemuxGatherBwdBuffers
     return detail::dispatch_vec<T>(vector_path<T>(a, b), [&](auto vec) {
       const Layout layout = choose_layout<decltype(vec)::value>(a, t_out);
       plan->tiles = ceil_div(t_out, layout.rows_per_block);
-      return cudaSuccess;
+      return layout.fits ? cudaSuccess : cudaErrorInvalidValue;
     });
   });
-  plan->blocks = a.groups * plan->tiles;
-  plan->da_tiles = a.gather == Gather::kSelected ? 1 : plan->tiles;
+  const bool selected = a.gather == Gather::kSelected;
+  plan->splits = selected ? plan->tiles
+                          : std::min(plan->tiles, std::max<int64_t>(1, kTargetBlocks / a.groups));
+  plan->blocks = a.groups * plan->splits;
+  plan->da_tiles = selected ? 1 : plan->splits;
   return err == cudaSuccess;
 }
 

@@ -1,6 +1,6 @@
 // Pieces shared by the demux gather forward and backward kernels (CUDA headers only):
-// which rows a gather visits, and the forward recomputation of one row,
-// x = gelu(a + c) - mean, with 1 / sqrt(var + eps).
+// which rows a gather visits, and the forward computation of one row, z = a + c, then
+// x = gelu(z) - mean, with 1 / sqrt(var + eps).
 #pragma once
 
 #include <cstdint>
@@ -24,27 +24,54 @@ inline GatherRows gather_rows(const DemuxGatherArgs& args) {
   return GatherRows{0, args.len};
 }
 
-// The LayerNorm input of one row, centered: pre = a[a_row + k] + c[k], x = gelu(pre) -
-// mean(gelu(pre)) over the valid packs (0 elsewhere); returns 1 / sqrt(var + eps), with
-// inv_d = 1 / d. The threads of the row call it together (row_sum).
+// z = a[a_row + k] + c[k] over this thread's packs of the row (0 for the packs past its
+// end), with c a row held in registers (ITEMS packs).
 template <typename T, int VEC, int ITEMS>
-__device__ __forceinline__ float centered_gelu(const DeviceParam& a, int64_t a_row,
-                                               const float (&c)[ITEMS][VEC], int64_t packs,
-                                               float inv_d, float eps, float* red,
-                                               float (&pre)[ITEMS][VEC], float (&x)[ITEMS][VEC]) {
+__device__ __forceinline__ void add_row(const DeviceParam& a, int64_t a_row,
+                                        const float (&c)[ITEMS][VEC], int64_t packs,
+                                        float (&z)[ITEMS][VEC]) {
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
     if (pack_of(j) < packs) {
-      load_param<T, VEC>(a, a_row + pack_of(j) * VEC, pre[j]);
+      load_param<T, VEC>(a, a_row + pack_of(j) * VEC, z[j]);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        pre[j][e] += c[j][e];
-        x[j][e] = gelu(pre[j][e]);
-      }
+      for (int e = 0; e < VEC; ++e) z[j][e] += c[j][e];
     } else {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) pre[j][e] = x[j][e] = 0.0f;
+      for (int e = 0; e < VEC; ++e) z[j][e] = 0.0f;
     }
+  }
+}
+
+// The same, with c read from the row c_row (L1-resident when a kernel reads it often).
+template <typename T, int VEC, int ITEMS>
+__device__ __forceinline__ void add_row(const DeviceParam& a, int64_t a_row,
+                                        const StorageOf<T>* __restrict__ c_row, int64_t packs,
+                                        float (&z)[ITEMS][VEC]) {
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+      float c[VEC];
+      load_acc<T, VEC>(c_row + pack_of(j) * VEC, c);
+      load_param<T, VEC>(a, a_row + pack_of(j) * VEC, z[j]);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) z[j][e] += c[e];
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) z[j][e] = 0.0f;
+    }
+  }
+}
+
+// x <- gelu(x) - mean(gelu(x)) over the valid packs of the row (0 elsewhere); returns
+// 1 / sqrt(var + eps), with inv_d = 1 / d. The threads of the row call it together.
+template <int VEC, int ITEMS>
+__device__ __forceinline__ float centered_gelu(float (&x)[ITEMS][VEC], int64_t packs,
+                                               float inv_d, float eps, float* red) {
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) x[j][e] = pack_of(j) < packs ? gelu(x[j][e]) : 0.0f;
   }
   return center_row(x, packs, inv_d, eps, red);
 }

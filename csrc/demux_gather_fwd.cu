@@ -36,6 +36,10 @@ using detail::StorageOf;
 
 constexpr int kRowsPerWarpBlock = 4;  // rows per block when a row is one warp
 constexpr int64_t kMaxGridX = 2147483647;
+// Registers: c and one row of results (x), up to 32 elements each on the vector path
+// (rows of 8192 in 256 threads), 2 on the element-wise one (rows of 2048).
+template <int VEC>
+using Policy = detail::RowPolicy<VEC, 32, 256, 2>;
 
 // Instances per task: a row's n instances are split into tasks of at most kChunk, so that
 // there are many more tasks than warps that run at once (an even load on the SMs).
@@ -55,20 +59,10 @@ struct Params {
 };
 
 template <typename T, int VEC, int ITEMS>
-__global__ void
-__launch_bounds__(detail::kMaxBlockThreads<ITEMS>, detail::kMinBlocksPerSM<ITEMS>)
+__global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks)
     demux_gather_fwd_kernel(const Params<T> p) {
   __shared__ float red[32];  // cross-warp row sums (one row per block in that case)
   const int64_t packs = p.d / VEC;
-  float w[ITEMS][VEC], b[ITEMS][VEC];  // the LayerNorm affine parameters of this thread's packs
-#pragma unroll
-  for (int j = 0; j < ITEMS; ++j) {
-    if (pack_of(j) < packs) {
-      detail::load_param<T, VEC>(p.ln_weight, pack_of(j) * VEC, w[j]);
-      detail::load_param<T, VEC>(p.ln_bias, pack_of(j) * VEC, b[j]);
-    }
-  }
-
   for (int64_t task = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
        task < p.tasks; task += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     const int64_t row = task / p.chunks;  // (g, tt)
@@ -88,14 +82,17 @@ __launch_bounds__(detail::kMaxBlockThreads<ITEMS>, detail::kMinBlocksPerSM<ITEMS
     StorageOf<T>* out = p.out + (p.index != nullptr ? row : (g * p.n + i) * p.t_out + tt) * p.d;
 #pragma unroll 1
     for (; i < i_end; ++i, a_row += p.d, out += p.t_out * p.d) {
-      float pre[ITEMS][VEC], x[ITEMS][VEC];
-      const float rstd =
-          detail::centered_gelu<T>(p.a, a_row, c, packs, p.inv_d, p.eps, red, pre, x);
+      float x[ITEMS][VEC];
+      detail::add_row<T>(p.a, a_row, c, packs, x);
+      const float rstd = detail::centered_gelu(x, packs, p.inv_d, p.eps, red);
 #pragma unroll
       for (int j = 0; j < ITEMS; ++j) {
-        if (pack_of(j) < packs) {
+        if (pack_of(j) < packs) {  // gamma and beta from L1: no registers held across rows
+          float w[VEC], b[VEC];
+          detail::load_param<T, VEC>(p.ln_weight, pack_of(j) * VEC, w);
+          detail::load_param<T, VEC>(p.ln_bias, pack_of(j) * VEC, b);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) x[j][e] = x[j][e] * rstd * w[j][e] + b[j][e];
+          for (int e = 0; e < VEC; ++e) x[j][e] = x[j][e] * rstd * w[e] + b[e];
           detail::store_acc<T, VEC, true>(out + pack_of(j) * VEC, x[j]);
         }
       }
@@ -107,7 +104,9 @@ template <typename T, int VEC>
 cudaError_t launch(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
   using S = StorageOf<T>;
   RowLayout layout;
-  if (!detail::choose_row_layout(a.d / VEC, 4, &layout)) return cudaErrorInvalidValue;
+  if (!detail::choose_row_layout<Policy<VEC>, VEC>(a.d / VEC, Policy<VEC>::kMaxItems, &layout)) {
+    return cudaErrorInvalidValue;
+  }
   const detail::GatherRows rows = detail::gather_rows(a);
   const bool selected = a.gather == Gather::kSelected;
   const int64_t chunks = selected ? 1 : ceil_div(a.n, kChunk);
@@ -131,7 +130,7 @@ cudaError_t launch(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
   const dim3 block(static_cast<unsigned>(layout.threads), static_cast<unsigned>(rows_per_block));
   const dim3 grid(static_cast<unsigned>(
       std::min<int64_t>(ceil_div(p.tasks, rows_per_block), kMaxGridX)));
-  return detail::dispatch_items(layout.items, [&](auto items) {
+  return detail::dispatch_items<VEC, Policy<VEC>>(layout.items, [&](auto items) {
     demux_gather_fwd_kernel<T, VEC, decltype(items)::value><<<grid, block, 0, stream>>>(p);
     return cudaGetLastError();
   });
@@ -154,17 +153,39 @@ bool demux_gather_supported(const DemuxGatherArgs& a) {
   return a.gather != Gather::kSelected || a.index != nullptr;
 }
 
-cudaError_t launch_demux_gather_fwd(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
-  if (!demux_gather_supported(a)) return cudaErrorInvalidValue;
+namespace {
+
+// Calls f with the element type and the vector width (16 bytes of T when d * sizeof(T) is a
+// multiple of 16 and c, out and the parameters are aligned to it, else 1) of these args.
+template <typename F>
+cudaError_t dispatch_path(const DemuxGatherArgs& a, const void* out, F&& f) {
   return detail::dispatch_dtype<false>(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = detail::kVecOf<T>;
     const bool vector_ok = a.d % kVec == 0 && is_aligned(a.c, kVectorBytes) &&
                            is_aligned(out, kVectorBytes) &&
                            detail::params_aligned<kVec>({a.a, a.ln_weight, a.ln_bias});
-    return detail::dispatch_vec<T>(vector_ok, [&](auto vec) {
-      return launch<T, decltype(vec)::value>(a, out, stream);
-    });
+    return detail::dispatch_vec<T>(vector_ok, [&](auto vec) { return f(tag, vec); });
+  });
+}
+
+}  // namespace
+
+bool demux_gather_fwd_covers(const DemuxGatherArgs& a, const void* out) {
+  if (!demux_gather_supported(a)) return false;
+  return dispatch_path(a, out, [&](auto, auto vec) {
+           constexpr int VEC = decltype(vec)::value;
+           RowLayout layout;
+           const bool fits = detail::choose_row_layout<Policy<VEC>, VEC>(
+               a.d / VEC, Policy<VEC>::kMaxItems, &layout);
+           return fits ? cudaSuccess : cudaErrorInvalidValue;
+         }) == cudaSuccess;
+}
+
+cudaError_t launch_demux_gather_fwd(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
+  if (!demux_gather_supported(a)) return cudaErrorInvalidValue;
+  return dispatch_path(a, out, [&](auto tag, auto vec) {
+    return launch<decltype(tag), decltype(vec)::value>(a, out, stream);
   });
 }
 

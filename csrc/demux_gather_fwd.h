@@ -44,10 +44,15 @@ struct DemuxGatherArgs {
 constexpr int64_t kMaxDemuxD = 8192;
 bool demux_gather_supported(const DemuxGatherArgs& args);
 
+// Whether the forward kernel takes `args` (writing `out`): supported, and a row fits the
+// kernel's registers on its path: d <= kMaxDemuxD with 16-byte loads and stores (d *
+// sizeof(element) a multiple of 16, c, out and the parameters 16-byte aligned), d <= 2048
+// element-wise. The bindings compute anything else with ATen ops.
+bool demux_gather_fwd_covers(const DemuxGatherArgs& args, const void* out);
+
 // Enqueues the forward kernel on `stream`, writing out (the gather's shape, dtype of c).
-// 16-byte loads and stores when d * sizeof(element) is a multiple of 16 and c and out
-// are 16-byte aligned, element-wise otherwise. Returns cudaErrorInvalidValue when
-// !demux_gather_supported(args), else the launch's error.
+// Returns cudaErrorInvalidValue unless demux_gather_fwd_covers(args, out), else the
+// launch's error.
 cudaError_t launch_demux_gather_fwd(const DemuxGatherArgs& args, void* out, cudaStream_t stream);
 
 }  // namespace muxkernels

@@ -245,41 +245,47 @@ struct RowLayout {
   int items;    // packs per thread: 1, 2, 3, 4 or 8
 };
 
-// Threads of a block for a kernel with ITEMS packs per thread: up to 256 for ITEMS <= 4,
-// so that __launch_bounds__ leaves room for the rows in registers; up to 1024 for the
-// rare rows that need 8 items (a row then fills a block).
-template <int ITEMS>
-constexpr int kMaxBlockThreads = ITEMS <= 4 ? 256 : 1024;
-// Blocks per SM that __launch_bounds__ asks for: two of 256 threads keep a thread at
-// <= 128 registers, so that enough rows run at once to hide the loads' latency.
-template <int ITEMS>
-constexpr int kMinBlocksPerSM = ITEMS <= 4 ? 2 : 1;
+// The register budget of a row kernel instantiated for VEC-element packs: a thread holds
+// at most kElements elements of each row array and a block at most kThreads threads, so
+// rows of up to kMaxRow elements fit (longer ones are not the kernel's: its launcher says
+// so, and the binding computes them with ATen ops). The kernel chooses the numbers by how
+// many row arrays it keeps: VEC_ELEMENTS and VEC_THREADS on the vector path,
+// ELEMENTWISE_ELEMENTS and 1024 threads on the element-wise one (VEC = 1), where every
+// element has addresses of its own. kMinBlocks blocks of kThreads leave 128 registers a
+// thread (64 at 1024 threads).
+template <int VEC, int VEC_ELEMENTS, int VEC_THREADS, int ELEMENTWISE_ELEMENTS>
+struct RowPolicy {
+  static constexpr int kElements = VEC == 1 ? ELEMENTWISE_ELEMENTS : VEC_ELEMENTS;
+  static constexpr int kThreads = VEC == 1 ? 1024 : VEC_THREADS;
+  static constexpr int kMinBlocks = kThreads <= 256 ? 2 : 1;
+  static constexpr int64_t kMaxRow = static_cast<int64_t>(kElements) * kThreads;
+  // Packs a thread of a short row takes before a row is spread over more warps.
+  static constexpr int kMaxItems = kElements / VEC < 4 ? kElements / VEC : 4;
+  static_assert(kThreads <= 1024 && kElements % VEC == 0, "a row must fit in one block");
+};
 
-// The fewest warps that keep the items per thread <= max_items (1 to 4) with at most 8
-// warps; longer rows take 8 warps and up to 4 items, then 8 items and up to 32 warps.
-// Returns false when a row does not fit (more than 8 * 1024 packs).
+// The row layout of a kernel under POLICY (a RowPolicy) for rows of `packs` packs: the
+// fewest warps that keep the packs per thread <= max_items, then the packs per thread,
+// rounded up to one the kernels are instantiated for (dispatch_items). Returns false when
+// the row does not fit the policy.
+template <typename POLICY, int VEC>
 inline bool choose_row_layout(int64_t packs, int max_items, RowLayout* layout) {
+  const int64_t max_warps = POLICY::kThreads / 32;
   int64_t warps = ceil_div(packs, 32 * static_cast<int64_t>(max_items));
-  int64_t items = 0;
-  if (warps <= 8) {
-    warps = warps < 1 ? 1 : warps;
-    items = ceil_div(packs, 32 * warps);
-  } else if (ceil_div(packs, 8 * 32) <= 4) {
-    warps = 8;
-    items = ceil_div(packs, 32 * warps);
-  } else {
-    items = 8;
-    warps = ceil_div(packs, 32 * items);
-    if (warps > 32) return false;
-  }
+  warps = warps < 1 ? 1 : (warps > max_warps ? max_warps : warps);
+  int64_t items = ceil_div(packs, 32 * warps);
+  if (items > 4) items = 8;
+  if (items * VEC > POLICY::kElements || items * 32 * warps < packs) return false;
   layout->threads = static_cast<int>(32 * warps);
   layout->items = static_cast<int>(items);
   return true;
 }
 
-// Pack j of this thread: threadIdx.x + j * blockDim.x.
-__device__ __forceinline__ int64_t pack_of(int j) {
-  return static_cast<int64_t>(threadIdx.x) + static_cast<int64_t>(j) * blockDim.x;
+// Pack j of this thread: threadIdx.x + j * blockDim.x. A 32-bit index inside one row (rows
+// are at most 65536 elements): row base pointers are 64-bit, offsets within a row are not,
+// so that a thread's per-pack addresses need no 64-bit registers.
+__device__ __forceinline__ int pack_of(int j) {
+  return static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
 }
 
 // The LayerNorm statistics of a row in registers, two-pass: x <- x - mean over the valid
@@ -333,19 +339,30 @@ cudaError_t dispatch_dtype(DType t, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-template <typename F>
+// Packs per thread (ITEMS) of a kernel under POLICY (a RowPolicy) with VEC-element packs:
+// 1, 2, 3, 4 or 8, but only those within POLICY::kElements elements a thread, so that no
+// instantiation needs more registers than its launch bounds give (one is never compiled
+// that the policy rules out). Any other count is cudaErrorInvalidValue.
+template <int VEC, typename POLICY, typename F>
 cudaError_t dispatch_items(int items, F&& f) {
+  const auto fit = [&](auto tag) -> cudaError_t {
+    if constexpr (VEC * decltype(tag)::value <= POLICY::kElements) {
+      return f(tag);
+    } else {
+      return cudaErrorInvalidValue;
+    }
+  };
   switch (items) {
     case 1:
-      return f(std::integral_constant<int, 1>{});
+      return fit(std::integral_constant<int, 1>{});
     case 2:
-      return f(std::integral_constant<int, 2>{});
+      return fit(std::integral_constant<int, 2>{});
     case 3:
-      return f(std::integral_constant<int, 3>{});
+      return fit(std::integral_constant<int, 3>{});
     case 4:
-      return f(std::integral_constant<int, 4>{});
+      return fit(std::integral_constant<int, 4>{});
     case 8:
-      return f(std::integral_constant<int, 8>{});
+      return fit(std::integral_constant<int, 8>{});
     default:
       return cudaErrorInvalidValue;
   }

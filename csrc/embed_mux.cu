@@ -33,6 +33,11 @@ using detail::store_acc;
 
 constexpr int kRowsPerWarpBlock = 4;  // rows per block when a row is one warp
 constexpr int64_t kMaxGridX = 2147483647;
+// Registers: the running mixture m and one instance's row, plus the three table rows it
+// sums: up to 16 elements each on the vector path (rows of 8192 in 512 threads), 2 on the
+// element-wise one (rows of 2048).
+template <int VEC>
+using Policy = detail::RowPolicy<VEC, 16, 512, 2>;
 
 template <typename T>
 struct Params {
@@ -65,7 +70,7 @@ __device__ __forceinline__ void normalize(float (&x)[ITEMS][VEC], int64_t packs,
 
 template <typename T, int VEC, int ITEMS>
 __global__ void
-__launch_bounds__(detail::kMaxBlockThreads<ITEMS>, detail::kMinBlocksPerSM<ITEMS>)
+__launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks)
     embed_mux_fwd_kernel(const Params<T> p) {
   __shared__ float red[32];  // cross-warp row sums (one row per block in that case)
 
@@ -162,7 +167,9 @@ template <typename T, int VEC>
 cudaError_t launch(const EmbedMuxArgs& a, cudaStream_t stream) {
   using S = StorageOf<T>;
   RowLayout layout;
-  if (!detail::choose_row_layout(a.d / VEC, 4, &layout)) return cudaErrorInvalidValue;
+  if (!detail::choose_row_layout<Policy<VEC>, VEC>(a.d / VEC, Policy<VEC>::kMaxItems, &layout)) {
+    return cudaErrorInvalidValue;
+  }
   Params<T> p{a.input_ids,
               a.position_ids,
               a.token_type_ids,
@@ -185,7 +192,7 @@ cudaError_t launch(const EmbedMuxArgs& a, cudaStream_t stream) {
   const dim3 block(static_cast<unsigned>(layout.threads), static_cast<unsigned>(rows_per_block));
   const dim3 grid(static_cast<unsigned>(
       std::min<int64_t>(ceil_div(p.rows, rows_per_block), kMaxGridX)));
-  return detail::dispatch_items(layout.items, [&](auto items) {
+  return detail::dispatch_items<VEC, Policy<VEC>>(layout.items, [&](auto items) {
     embed_mux_fwd_kernel<T, VEC, decltype(items)::value><<<grid, block, 0, stream>>>(p);
     return cudaGetLastError();
   });
@@ -199,8 +206,12 @@ bool embed_mux_fwd_supported(const EmbedMuxArgs& a) {
          param_dtype_ok(a.dtype, a.ln_bias.dtype) && param_dtype_ok(a.dtype, a.vectors.dtype);
 }
 
-cudaError_t launch_embed_mux_fwd(const EmbedMuxArgs& a, cudaStream_t stream) {
-  if (!embed_mux_fwd_supported(a)) return cudaErrorInvalidValue;
+namespace {
+
+// Calls f with the element type and the vector width (16 bytes of T when d * sizeof(T) is a
+// multiple of 16 and the tables, the output and the parameters are aligned to it, else 1).
+template <typename F>
+cudaError_t dispatch_path(const EmbedMuxArgs& a, F&& f) {
   return detail::dispatch_dtype<false>(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = detail::kVecOf<T>;
@@ -209,9 +220,27 @@ cudaError_t launch_embed_mux_fwd(const EmbedMuxArgs& a, cudaStream_t stream) {
                            is_aligned(a.token_type_embeddings, kVectorBytes) &&
                            is_aligned(a.out, kVectorBytes) &&
                            detail::params_aligned<kVec>({a.ln_weight, a.ln_bias, a.vectors});
-    return detail::dispatch_vec<T>(vector_ok, [&](auto vec) {
-      return launch<T, decltype(vec)::value>(a, stream);
-    });
+    return detail::dispatch_vec<T>(vector_ok, [&](auto vec) { return f(tag, vec); });
+  });
+}
+
+}  // namespace
+
+bool embed_mux_fwd_covers(const EmbedMuxArgs& a) {
+  if (!embed_mux_fwd_supported(a)) return false;
+  return dispatch_path(a, [&](auto, auto vec) {
+           constexpr int VEC = decltype(vec)::value;
+           RowLayout layout;
+           const bool fits = detail::choose_row_layout<Policy<VEC>, VEC>(
+               a.d / VEC, Policy<VEC>::kMaxItems, &layout);
+           return fits ? cudaSuccess : cudaErrorInvalidValue;
+         }) == cudaSuccess;
+}
+
+cudaError_t launch_embed_mux_fwd(const EmbedMuxArgs& a, cudaStream_t stream) {
+  if (!embed_mux_fwd_supported(a)) return cudaErrorInvalidValue;
+  return dispatch_path(a, [&](auto tag, auto vec) {
+    return launch<decltype(tag), decltype(vec)::value>(a, stream);
   });
 }
 

@@ -47,10 +47,15 @@ struct EmbedMuxArgs {
 constexpr int64_t kMaxEmbedMuxD = 8192;
 bool embed_mux_fwd_supported(const EmbedMuxArgs& args);
 
+// Whether the kernel takes `args`: supported, and a row fits the kernel's registers on its
+// path: d <= kMaxEmbedMuxD with 16-byte loads and stores (d * sizeof(element) a multiple
+// of 16, the tables, the output and the parameters 16-byte aligned), d <= 2048
+// element-wise. The bindings compute anything else with ATen ops.
+bool embed_mux_fwd_covers(const EmbedMuxArgs& args);
+
 // Enqueues the kernel on `stream`. Accumulation and LayerNorm statistics are fp32.
-// 16-byte loads and stores when d * sizeof(element) is a multiple of 16 and the tables
-// and output are 16-byte aligned, element-wise otherwise. Returns cudaErrorInvalidValue
-// when !embed_mux_fwd_supported(args), else the launch's error.
+// Returns cudaErrorInvalidValue unless embed_mux_fwd_covers(args), else the launch's
+// error.
 cudaError_t launch_embed_mux_fwd(const EmbedMuxArgs& args, cudaStream_t stream);
 
 }  // namespace muxkernels

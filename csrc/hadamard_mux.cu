@@ -35,6 +35,10 @@ using detail::kVectorBytes;
 using detail::Pack;
 
 constexpr int kThreadsPerBlock = 256;
+// Blocks per SM that __launch_bounds__ asks for: 2 caps a thread at 128 registers, room for
+// its kUnroll packs of E and v in flight. With the block size alone ptxas held some
+// instantiations (bf16 with packed v, float64 with float32 v) at 64 registers and spilled.
+constexpr int kMinBlocksPerSM = 2;
 // Instances whose loads are in flight together: 4 x 16 bytes on the vector
 // path, 8 elements on the element-wise one.
 template <int VEC>
@@ -62,7 +66,7 @@ __device__ __forceinline__ Pack<S, VEC> load_pack(const S* __restrict__ p) {
 // packs (E and out always are when VEC > 1).
 // ---------------------------------------------------------------------------
 template <typename T, typename VT, int VEC, bool V_PACKED>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
     hadamard_mux_fwd_kernel(const typename Elem<T>::Storage* __restrict__ E,
                             const typename Elem<VT>::Storage* __restrict__ v,
                             typename Elem<T>::Storage* __restrict__ out, int64_t rows,

@@ -36,13 +36,16 @@ using detail::StorageOf;
 using detail::store_acc;
 
 constexpr int kThreadsPerBlock = 256;
+// Blocks per SM for __launch_bounds__: a 128-register cap (the block size alone let ptxas
+// hold the float64 instantiation at 64 registers, with spills).
+constexpr int kMinBlocksPerSM = 2;
 constexpr int kRowUnroll = 4;              // rows whose loads are in flight together
 constexpr int64_t kMinRowsPerChunk = 32;   // keeps the partial buffer small
 constexpr int64_t kTargetBlocks = 2048;    // blocks of grid.x to aim for
 constexpr int64_t kMaxGridY = 65535;
 
 template <typename T, int VEC, bool WANT_DV>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, kMinBlocksPerSM)
     hadamard_mux_bwd_kernel(const StorageOf<T>* __restrict__ dx,
                             const StorageOf<T>* __restrict__ E, const DeviceParam v,
                             StorageOf<T>* __restrict__ dE, AccOf<T>* __restrict__ partial,
@@ -118,9 +121,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 #pragma unroll
           for (int j = 0; j < VEC; ++j) sum[j] += theirs[j];
         }
-        Acc* out = partial + (chunk * n + i) * d + k;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = sum[j];
+        store_acc<Acc, VEC>(partial + (chunk * n + i) * d + k, sum);  // 16-byte stores
       }
       __syncthreads();
     }

@@ -182,13 +182,14 @@ at::Tensor demux_gather_fwd_cuda(const at::Tensor& a, const at::Tensor& c,
       check_demux_gather_args(op, a, c, ln_weight, ln_bias, eps, gather, index,
                               sequence_position, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(c.device());
-  if (c.scalar_type() == at::kDouble) {
-    return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position);
-  }
   check_demux_d(op, c);
   at::Tensor out = at::empty(gather_shape(a, c, in.gather), c.options());
   const DemuxGatherArgs args =
       demux_gather_args(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+  // float64, and rows the kernel's registers do not hold (see demux_gather_fwd.h): ATen.
+  if (c.scalar_type() == at::kDouble || !demux_gather_fwd_covers(args, out.const_data_ptr())) {
+    return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+  }
   check_cuda_launch(launch_demux_gather_fwd(args, out.mutable_data_ptr(), current_stream()),
                     kDemuxGatherFwd);
   return out;
@@ -273,9 +274,6 @@ TensorQuad demux_gather_bwd_cuda(const at::Tensor& grad_u, const at::Tensor& a,
                               sequence_position, c10::DeviceType::CUDA);
   check_grad_u(op, grad_u, a, c, in.gather);
   const c10::cuda::CUDAGuard device_guard(c.device());
-  if (c.scalar_type() == at::kDouble) {
-    return demux_gather_bwd_aten(grad_u, a, c, ln_weight, ln_bias, eps, in, sequence_position);
-  }
   check_demux_d(op, c);
   const int64_t groups = c.size(0);
   const int64_t n = a.size(1);
@@ -288,8 +286,10 @@ TensorQuad demux_gather_bwd_cuda(const at::Tensor& grad_u, const at::Tensor& a,
   DemuxGatherBwdBuffers buffers{grad_u.const_data_ptr(), dc.mutable_data_ptr(), nullptr,
                                 nullptr, nullptr};
   DemuxGatherBwdPlan plan;
-  TORCH_CHECK(plan_demux_gather_bwd(args, buffers, &plan), op,
-              "unsupported arguments for the kernel");
+  // float64, and rows the kernel's registers do not hold (see demux_gather_bwd.h): ATen.
+  if (c.scalar_type() == at::kDouble || !plan_demux_gather_bwd(args, buffers, &plan)) {
+    return demux_gather_bwd_aten(grad_u, a, c, ln_weight, ln_bias, eps, in, sequence_position);
+  }
   at::Tensor da_partial = at::empty({groups, plan.da_tiles, n, d}, f32);
   at::Tensor ln_partial = at::empty({2, plan.blocks, d}, f32);
   at::Tensor dpre;

@@ -181,6 +181,9 @@ at::Tensor embed_mux_fwd_cuda(const at::Tensor& input_ids, const at::Tensor& wor
                           word.size(1),
                           eps,
                           to_kernel_dtype(word.scalar_type())};
+  if (!embed_mux_fwd_covers(args)) {  // rows the kernel's registers do not hold (embed_mux.h)
+    return embed_mux_fwd_aten(in, word, pos, type, ln_weight, ln_bias, vectors, eps);
+  }
   check_cuda_launch(launch_embed_mux_fwd(args, current_stream()), kEmbedMuxFwd);
   return out;
 }

@@ -137,7 +137,7 @@ def _launch(lib, config: CudaConfig, groups: int, length: int) -> int:
     if config.mode == "fwd":
         return lib.emu_demux_gather_fwd(*args, _pointer(5))
     buffers = (ctypes.c_void_p * 5)(*(_pointer(6 + k).value for k in range(5)))
-    return lib.emu_demux_gather_bwd(*args, buffers, (ctypes.c_int64 * 3)(), 0)
+    return lib.emu_demux_gather_bwd(*args, buffers, (ctypes.c_int64 * 4)(), 0)
 
 
 def launches(configs: list[CudaConfig], groups: int, length: int) -> list[CudaLaunch]:

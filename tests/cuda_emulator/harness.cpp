@@ -96,8 +96,8 @@ int emu_demux_gather_fwd(const void* a, int a_dtype, const void* c, const void* 
       out, nullptr);
 }
 
-// plan: out (tiles, blocks, da_tiles); buffers: grad_u, dc, da_partial, ln_partial, dpre.
-// Launches nothing when plan_only.
+// plan: out (tiles, splits, blocks, da_tiles); buffers: grad_u, dc, da_partial,
+// ln_partial, dpre. Launches nothing when plan_only; -1 when the kernels refuse the call.
 int emu_demux_gather_bwd(const void* a, int a_dtype, const void* c, const void* ln_weight,
                          int w_dtype, const void* ln_bias, int b_dtype, const int64_t* index,
                          const int64_t* sizes, double eps, int gather, int64_t position,
@@ -111,8 +111,9 @@ int emu_demux_gather_bwd(const void* a, int a_dtype, const void* c, const void* 
   muxkernels::DemuxGatherBwdPlan p;
   if (!muxkernels::plan_demux_gather_bwd(args, bufs, &p)) return -1;
   plan[0] = p.tiles;
-  plan[1] = p.blocks;
-  plan[2] = p.da_tiles;
+  plan[1] = p.splits;
+  plan[2] = p.blocks;
+  plan[3] = p.da_tiles;
   if (plan_only) return 0;
   return muxkernels::launch_demux_gather_bwd(args, bufs, nullptr);
 }

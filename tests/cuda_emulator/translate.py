@@ -1,8 +1,8 @@
 """Rewrites a kernel file of csrc/ for the CPU emulator (emu.h): kernel launches
 ``k<<<grid, block, smem, stream>>>(args)`` become ``emu::launch(grid, block, smem, stream,
-emu::kernel_name<&k>(), [&] { k(args); })``, ``__shared__`` arrays become function statics (one block runs at a
-time), ``extern __shared__`` arrays point into the block's dynamic shared memory, and
-``__launch_bounds__`` goes.
+emu::kernel_name<&k>(), [&] { k(args); })``, ``__shared__`` arrays become function
+statics (one block runs at a time), ``extern __shared__`` arrays point into the block's
+dynamic shared memory, and ``__launch_bounds__`` goes.
 
 Usage: python3 translate.py KERNEL.cu OUT.cpp
 """
