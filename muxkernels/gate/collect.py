@@ -111,7 +111,9 @@ def _merge(parts: list[list[Variant]]) -> list[Variant]:
 
 
 def triton_variants(configs: list, sizes: tuple[int, int], jobs: int) -> list[Variant]:
-    """Every Triton specialisation the configs produce, compiled by ``jobs`` processes."""
+    """Every Triton specialisation the configs produce, compiled by ``jobs`` worker
+    processes. The workers never inherit TRITON_INTERPRET (a process that imported Triton
+    with it set interprets kernels instead of compiling them)."""
     by_op: dict[str, list] = defaultdict(list)
     for config in configs:
         by_op[config.op].append(config)
@@ -119,13 +121,15 @@ def triton_variants(configs: list, sizes: tuple[int, int], jobs: int) -> list[Va
     for op_configs in sorted(by_op.values(), key=len, reverse=True):
         min(shares, key=len).extend(op_configs)  # whole ops per worker: kernels rarely shared
     shares = [share for share in shares if share]
-    if len(shares) == 1:
-        return _triton_share(shares[0], sizes)
-    context = multiprocessing.get_context("spawn")
-    env = os.environ.copy()
-    with context.Pool(len(shares)) as pool:
-        os.environ.update(env)
-        parts = pool.starmap(_triton_share, [(share, sizes) for share in shares])
+    if not shares:
+        return []
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:
+            parts = pool.starmap(_triton_share, [(share, sizes) for share in shares])
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
     return _merge(parts)
 
 
