@@ -29,6 +29,7 @@ namespace muxkernels {
 namespace {
 
 using detail::ceil_div;
+using detail::DeviceOut;
 using detail::DeviceParam;
 using detail::is_aligned;
 using detail::kVectorBytes;
@@ -49,17 +50,16 @@ constexpr int64_t kSelectDaSmem = 40 * 1024;
 constexpr int64_t kMaxGridY = 65535;
 
 // Registers: three accumulators across instances (dc, d_ln_weight, d_ln_bias) and x, du
-// within one, up to 8 elements each on the vector path (rows of 4096 in 512 threads), 1 on
-// the element-wise one (rows of 1024); longer rows are computed with ATen ops.
+// within one, up to 8 elements each on the vector path (rows of 4096 in 512 threads), 2 on
+// the element-wise one (rows of 1024 in 512); longer rows are computed with ATen ops.
 template <int VEC>
-using Policy = detail::RowPolicy<VEC, 8, 512, 1>;
+using Policy = detail::RowPolicy<VEC, 8, 512, 2, 512>;
 
 template <typename T>
 struct Params {
-  const StorageOf<T>* c;
   const StorageOf<T>* grad_u;
-  StorageOf<T>* dc;
-  DeviceParam a, ln_weight;
+  DeviceOut dc;
+  DeviceParam a, c, ln_weight;
   const int64_t* index;  // null unless the gather is "selected"
   float* da_partial;
   float* ln_partial;
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
     const int64_t c_row = g * p.len + p.t0 + tt;  // also the row of dc and dpre
 
     // c is read from L1 where it is needed, not held: registers go to the accumulators
-    const StorageOf<T>* c = p.c + (active ? c_row : 0) * p.d;
+    const int64_t c_at = (active ? c_row : 0) * p.d;
     const int64_t c_packs = active ? packs : 0;  // rows past the end read zeros
     float dc[ITEMS][VEC];
 #pragma unroll
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
     for (; i < i_end; ++i) {
       const int64_t a_row = g * p.a_group_stride + i * p.d;
       float x[ITEMS][VEC], du[ITEMS][VEC];
-      detail::add_row<T>(p.a, a_row, c, c_packs, x);
+      detail::add_row<T>(p.a, a_row, p.c, c_at, packs, c_packs, x);
       const float rstd = detail::centered_gelu(x, packs, p.inv_d, p.eps, red);
       const int64_t du_row = p.index != nullptr ? c_row : (g * p.n + i) * p.t_out + tt;
       detail::load_row<T>(p.grad_u + du_row * p.d, active ? packs : 0, du);
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
           float z[VEC], cv[VEC];
           detail::load_param<T, VEC>(p.a, a_row + pack_of(j) * VEC, z);
           if (pack_of(j) < c_packs) {
-            detail::load_acc<T, VEC>(c + pack_of(j) * VEC, cv);
+            detail::load_param<T, VEC>(p.c, c_at + pack_of(j) * VEC, cv);
           } else {
 #pragma unroll
             for (int e = 0; e < VEC; ++e) cv[e] = 0.0f;
@@ -215,9 +215,7 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
     if (active) {
 #pragma unroll
       for (int j = 0; j < ITEMS; ++j) {
-        if (pack_of(j) < packs) {
-          detail::store_acc<T, VEC>(p.dc + c_row * p.d + pack_of(j) * VEC, dc[j]);
-        }
+        if (pack_of(j) < packs) detail::store_param<T, VEC>(p.dc, c_row * p.d + pack_of(j) * VEC, dc[j]);
       }
     }
   }
@@ -289,9 +287,8 @@ Layout choose_layout(const DemuxGatherArgs& a, int64_t t_out) {
 template <typename T>
 bool vector_path(const DemuxGatherArgs& a, const DemuxGatherBwdBuffers& b) {
   constexpr int kVec = detail::kVecOf<T>;
-  return a.d % kVec == 0 && is_aligned(a.c, kVectorBytes) &&
-         is_aligned(b.grad_u, kVectorBytes) && is_aligned(b.dc, kVectorBytes) &&
-         detail::params_aligned<kVec>({a.a, a.ln_weight});
+  return a.d % kVec == 0 && is_aligned(b.grad_u, kVectorBytes) &&
+         detail::params_aligned<kVec>({a.a, a.c, a.ln_weight, Param{b.dc, a.c.dtype}});
 }
 
 template <typename T, int VEC>
@@ -301,10 +298,10 @@ cudaError_t launch(const DemuxGatherArgs& a, const DemuxGatherBwdBuffers& b,
   const detail::GatherRows rows = detail::gather_rows(a);
   const Layout layout = choose_layout<VEC>(a, rows.t_out);
   const bool selected = a.gather == Gather::kSelected;
-  const Params<T> p{static_cast<const S*>(a.c),
-                    static_cast<const S*>(b.grad_u),
-                    static_cast<S*>(b.dc),
+  const Params<T> p{static_cast<const S*>(b.grad_u),
+                    DeviceOut{b.dc, a.c.dtype == DType::kFloat32},
                     detail::make_param(a.a),
+                    detail::make_param(a.c),
                     detail::make_param(a.ln_weight),
                     selected ? a.index : nullptr,
                     b.da_partial,

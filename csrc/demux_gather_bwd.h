@@ -26,8 +26,8 @@ namespace muxkernels {
 
 // Device pointers, contiguous.
 struct DemuxGatherBwdBuffers {
-  const void* grad_u;  // the gather's output shape, dtype of c
-  void* dc;            // (groups, len, d), dtype of c; zero it first for kSequence
+  const void* grad_u;  // the gather's output shape, args.dtype
+  void* dc;            // (groups, len, d), the dtype of c; zero it first for kSequence
   float* da_partial;   // (groups, plan.da_tiles, n, d); written, never read before written
   float* ln_partial;   // (2, plan.blocks, d)
   float* dpre;         // (groups, len, d) workspace for kSelected, else unused

@@ -43,19 +43,22 @@ __device__ __forceinline__ void add_row(const DeviceParam& a, int64_t a_row,
   }
 }
 
-// The same, with c read from the row c_row (L1-resident when a kernel reads it often).
+// The same, with c read from element `c_row` of c, in the data's dtype T or float32 (L1-
+// resident when a kernel reads it often); packs at or past c_packs read c as 0.
 template <typename T, int VEC, int ITEMS>
-__device__ __forceinline__ void add_row(const DeviceParam& a, int64_t a_row,
-                                        const StorageOf<T>* __restrict__ c_row, int64_t packs,
+__device__ __forceinline__ void add_row(const DeviceParam& a, int64_t a_row, const DeviceParam& c,
+                                        int64_t c_row, int64_t packs, int64_t c_packs,
                                         float (&z)[ITEMS][VEC]) {
 #pragma unroll
   for (int j = 0; j < ITEMS; ++j) {
     if (pack_of(j) < packs) {
-      float c[VEC];
-      load_acc<T, VEC>(c_row + pack_of(j) * VEC, c);
       load_param<T, VEC>(a, a_row + pack_of(j) * VEC, z[j]);
+      if (pack_of(j) < c_packs) {
+        float cv[VEC];
+        load_param<T, VEC>(c, c_row + pack_of(j) * VEC, cv);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) z[j][e] += c[e];
+        for (int e = 0; e < VEC; ++e) z[j][e] += cv[e];
+      }
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) z[j][e] = 0.0f;
@@ -88,6 +91,22 @@ __device__ __forceinline__ void load_row(const StorageOf<T>* __restrict__ row, i
     } else {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) x[j][e] = Acc(0);
+    }
+  }
+}
+
+// The same for a row of a tensor in the data's dtype T or float32 (c), starting at element
+// `row` of `param`.
+template <typename T, int VEC, int ITEMS>
+__device__ __forceinline__ void load_row_param(const DeviceParam& param, int64_t row,
+                                               int64_t packs, float (&x)[ITEMS][VEC]) {
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) {
+    if (pack_of(j) < packs) {
+      load_param<T, VEC>(param, row + pack_of(j) * VEC, x[j]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) x[j][e] = 0.0f;
     }
   }
 }

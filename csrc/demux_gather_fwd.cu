@@ -39,7 +39,7 @@ constexpr int64_t kMaxGridX = 2147483647;
 // Registers: c and one row of results (x), up to 32 elements each on the vector path
 // (rows of 8192 in 256 threads), 2 on the element-wise one (rows of 2048).
 template <int VEC>
-using Policy = detail::RowPolicy<VEC, 32, 256, 2>;
+using Policy = detail::RowPolicy<VEC, 32, 256, 2, 1024>;
 
 // Instances per task: a row's n instances are split into tasks of at most kChunk, so that
 // there are many more tasks than warps that run at once (an even load on the SMs).
@@ -47,9 +47,8 @@ constexpr int64_t kChunk = 8;
 
 template <typename T>
 struct Params {
-  const StorageOf<T>* c;
   StorageOf<T>* out;
-  DeviceParam a, ln_weight, ln_bias;
+  DeviceParam a, c, ln_weight, ln_bias;
   const int64_t* index;  // null unless the gather is "selected"
   int64_t tasks, chunks;  // tasks = rows * chunks, chunks = tasks of one row
   int64_t n, len, d;
@@ -69,7 +68,7 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
     const int64_t g = row / p.t_out;
     const int64_t tt = row - g * p.t_out;
     float c[ITEMS][VEC];
-    detail::load_row<T>(p.c + (g * p.len + p.t0 + tt) * p.d, packs, c);
+    detail::load_row_param<T>(p.c, (g * p.len + p.t0 + tt) * p.d, packs, c);
 
     // The task's chunk of instances, or the one index[g, t] selects (then out row = row).
     int64_t i = (task - row * p.chunks) * kChunk;
@@ -110,9 +109,9 @@ cudaError_t launch(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
   const detail::GatherRows rows = detail::gather_rows(a);
   const bool selected = a.gather == Gather::kSelected;
   const int64_t chunks = selected ? 1 : ceil_div(a.n, kChunk);
-  const Params<T> p{static_cast<const S*>(a.c),
-                    static_cast<S*>(out),
+  const Params<T> p{static_cast<S*>(out),
                     detail::make_param(a.a),
+                    detail::make_param(a.c),
                     detail::make_param(a.ln_weight),
                     detail::make_param(a.ln_bias),
                     selected ? a.index : nullptr,
@@ -140,8 +139,8 @@ cudaError_t launch(const DemuxGatherArgs& a, void* out, cudaStream_t stream) {
 
 bool demux_gather_supported(const DemuxGatherArgs& a) {
   if (a.dtype == DType::kFloat64) return false;
-  if (!param_dtype_ok(a.dtype, a.a.dtype) || !param_dtype_ok(a.dtype, a.ln_weight.dtype) ||
-      !param_dtype_ok(a.dtype, a.ln_bias.dtype)) {
+  if (!param_dtype_ok(a.dtype, a.a.dtype) || !param_dtype_ok(a.dtype, a.c.dtype) ||
+      !param_dtype_ok(a.dtype, a.ln_weight.dtype) || !param_dtype_ok(a.dtype, a.ln_bias.dtype)) {
     return false;
   }
   if (a.groups < 1 || a.n < 1 || a.len < 1 || a.d < 1 || a.d > kMaxDemuxD) return false;
@@ -156,15 +155,14 @@ bool demux_gather_supported(const DemuxGatherArgs& a) {
 namespace {
 
 // Calls f with the element type and the vector width (16 bytes of T when d * sizeof(T) is a
-// multiple of 16 and c, out and the parameters are aligned to it, else 1) of these args.
+// multiple of 16 and out, a, c and the parameters are aligned to their packs, else 1).
 template <typename F>
 cudaError_t dispatch_path(const DemuxGatherArgs& a, const void* out, F&& f) {
   return detail::dispatch_dtype<false>(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int kVec = detail::kVecOf<T>;
-    const bool vector_ok = a.d % kVec == 0 && is_aligned(a.c, kVectorBytes) &&
-                           is_aligned(out, kVectorBytes) &&
-                           detail::params_aligned<kVec>({a.a, a.ln_weight, a.ln_bias});
+    const bool vector_ok = a.d % kVec == 0 && is_aligned(out, kVectorBytes) &&
+                           detail::params_aligned<kVec>({a.a, a.c, a.ln_weight, a.ln_bias});
     return detail::dispatch_vec<T>(vector_ok, [&](auto vec) { return f(tag, vec); });
   });
 }

@@ -24,22 +24,24 @@ enum class Gather : int32_t {
   kSelected = 2,
 };
 
-// The inputs of the forward and backward launchers. Device pointers, contiguous.
+// The inputs of the forward and backward launchers. Device pointers, contiguous. The data's
+// dtype is `dtype`, that of u (the output) and of grad_u; a and c are the small GEMMs'
+// outputs, in that dtype or float32 (float32 for half data: not rounded to half first).
 struct DemuxGatherArgs {
-  Param a;           // (a_groups, n, d), a_groups = groups or 1; dtype of c or float32
-  const void* c;     // (groups, len, d), dtype `dtype`
-  Param ln_weight;   // (d,), dtype of c or float32
-  Param ln_bias;     // (d,), dtype of c or float32
+  Param a;           // (a_groups, n, d), a_groups = groups or 1; `dtype` or float32
+  Param c;           // (groups, len, d), `dtype` or float32
+  Param ln_weight;   // (d,), `dtype` or float32
+  Param ln_bias;     // (d,), `dtype` or float32
   const int64_t* index;  // (groups, len) ids in [0, n) for kSelected (not checked), else unused
   int64_t groups, a_groups, n, len, d;
   double eps;
   Gather gather;
   int64_t sequence_position;  // in [0, len) for kSequence
-  DType dtype;                // of c and of the output; float16, bfloat16 or float32
+  DType dtype;                // of the output (and grad_u); float16, bfloat16 or float32
 };
 
 // Whether `args` is supported: dtype float16, bfloat16 or float32 (float64 has no
-// kernel), parameters in that dtype or float32, sizes >= 1, d <= kMaxDemuxD, a_groups 1 or
+// kernel), a, c and the parameters in that dtype or float32, sizes >= 1, d <= kMaxDemuxD, a_groups 1 or
 // groups, sequence_position in range for kSequence, and an index for kSelected.
 constexpr int64_t kMaxDemuxD = 8192;
 bool demux_gather_supported(const DemuxGatherArgs& args);
@@ -50,7 +52,7 @@ bool demux_gather_supported(const DemuxGatherArgs& args);
 // element-wise. The bindings compute anything else with ATen ops.
 bool demux_gather_fwd_covers(const DemuxGatherArgs& args, const void* out);
 
-// Enqueues the forward kernel on `stream`, writing out (the gather's shape, dtype of c).
+// Enqueues the forward kernel on `stream`, writing out (the gather's shape, `dtype`).
 // Returns cudaErrorInvalidValue unless demux_gather_fwd_covers(args, out), else the
 // launch's error.
 cudaError_t launch_demux_gather_fwd(const DemuxGatherArgs& args, void* out, cudaStream_t stream);

@@ -137,6 +137,23 @@ struct DeviceParam {
 
 inline DeviceParam make_param(Param p) { return DeviceParam{p.data, p.dtype == DType::kFloat32}; }
 
+// A writable array in the data's dtype T or in float32, chosen at run time (dc: the
+// gradient of c has c's dtype).
+struct DeviceOut {
+  void* data;
+  bool f32;
+};
+
+// Stores VEC accumulators at out[offset ...] in out's dtype; T is the data's type.
+template <typename T, int VEC, typename Acc>
+__device__ __forceinline__ void store_param(const DeviceOut& out, int64_t offset, const Acc* in) {
+  if (std::is_same<T, float>::value || out.f32) {
+    store_acc<float, VEC>(static_cast<float*>(out.data) + offset, in);
+  } else {
+    store_acc<T, VEC>(static_cast<StorageOf<T>*>(out.data) + offset, in);
+  }
+}
+
 // Whether VEC-element packs of every parameter are aligned (with d a multiple of VEC, the
 // packs of each row then are).
 template <int VEC>
@@ -249,14 +266,15 @@ struct RowLayout {
 // at most kElements elements of each row array and a block at most kThreads threads, so
 // rows of up to kMaxRow elements fit (longer ones are not the kernel's: its launcher says
 // so, and the binding computes them with ATen ops). The kernel chooses the numbers by how
-// many row arrays it keeps: VEC_ELEMENTS and VEC_THREADS on the vector path,
-// ELEMENTWISE_ELEMENTS and 1024 threads on the element-wise one (VEC = 1), where every
-// element has addresses of its own. kMinBlocks blocks of kThreads leave 128 registers a
-// thread (64 at 1024 threads).
-template <int VEC, int VEC_ELEMENTS, int VEC_THREADS, int ELEMENTWISE_ELEMENTS>
+// many row arrays it keeps: VEC_ELEMENTS and VEC_THREADS on the vector path, ELEMENTWISE_
+// ELEMENTS and ELEMENTWISE_THREADS on the element-wise one (VEC = 1), where every element
+// has addresses of its own. kMinBlocks blocks of kThreads leave 128 registers a thread
+// (64 at 1024 threads).
+template <int VEC, int VEC_ELEMENTS, int VEC_THREADS, int ELEMENTWISE_ELEMENTS,
+          int ELEMENTWISE_THREADS>
 struct RowPolicy {
   static constexpr int kElements = VEC == 1 ? ELEMENTWISE_ELEMENTS : VEC_ELEMENTS;
-  static constexpr int kThreads = VEC == 1 ? 1024 : VEC_THREADS;
+  static constexpr int kThreads = VEC == 1 ? ELEMENTWISE_THREADS : VEC_THREADS;
   static constexpr int kMinBlocks = kThreads <= 256 ? 2 : 1;
   static constexpr int64_t kMaxRow = static_cast<int64_t>(kElements) * kThreads;
   // Packs a thread of a short row takes before a row is spread over more warps.

@@ -37,7 +37,7 @@ constexpr int64_t kMaxGridX = 2147483647;
 // sums: up to 16 elements each on the vector path (rows of 8192 in 512 threads), 2 on the
 // element-wise one (rows of 2048).
 template <int VEC>
-using Policy = detail::RowPolicy<VEC, 16, 512, 2>;
+using Policy = detail::RowPolicy<VEC, 16, 512, 2, 1024>;
 
 template <typename T>
 struct Params {

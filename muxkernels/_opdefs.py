@@ -11,6 +11,9 @@ both. Conventions shared by all operators:
   matrices, LayerNorm affine, ...) has the data's dtype or float32; accumulation is fp32
   (fp64 for float64 data); outputs have the data's dtype, gradients the dtype of the
   tensor they are the gradient of;
+- the demux operators take the small GEMMs' outputs (a, c, pre) in float32 for half data,
+  so that nothing is rounded to half before it is combined; their ``out_dtype`` is the
+  data's dtype (u, logits), and grad_u has it too;
 - tensors are contiguous and on one device; sizes and offsets are 64-bit;
 - a gradient that was not asked for (``*_grad=False``) is returned as an empty (0,)
   tensor, since an operator cannot return None.
@@ -28,7 +31,7 @@ lowrank_ortho_mux_fwd(embeddings (B',N,L,d), u (d,d), h (d,d)) -> x (B',L,d)
     x = N^(-1/2) U[:, :N·c] concat_i(H[:, S_i]ᵀ E_i), c = d // N
 lowrank_ortho_mux_bwd(grad_out, embeddings, u, h, factors_grad) -> (dE, dU, dH)
 demux_gather_fwd(a (Ga,N,d), c (B',L',d), ln_weight (d), ln_bias (d), eps, gather,
-                 index (B',L') or None, sequence_position) -> u
+                 index (B',L') or None, sequence_position, out_dtype) -> u
     u[g,i,t] = LN(gelu(a[g,i] + c[g,t])), Ga = B' or 1 (a broadcast over groups);
     gather "token" → (B',N,L',d), "sequence" (t = sequence_position) → (B',N,d),
     "selected" (i = index[g,t]) → (B',L',d)
@@ -37,10 +40,11 @@ demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index,
     gradients recomputed from a and c (nothing saved but the inputs); da has a's shape
     (summed over groups when Ga = 1), dc is zero at positions the gather does not read
 demux_project_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position,
-                  proj_weight (K,d), proj_bias (K) or None) -> logits
+                  proj_weight (K,d), proj_bias (K) or None, out_dtype) -> logits
     logits = u @ proj_weightᵀ + proj_bias without writing u; K <= MAX_PROJECTION (64);
     the gather's shape with d replaced by K
-mlp_demux_fwd(pre (B',L,N·d), bias (N,d), ln_weight (N,d), ln_bias (N,d), eps) -> u
+mlp_demux_fwd(pre (B',L,N·d), bias (N,d), ln_weight (N,d), ln_bias (N,d), eps,
+              out_dtype) -> u
     pre = h @ [W_1; …; W_N]ᵀ; u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)),
     shape (B',N,L,d)
 mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps) -> (d_pre, d_bias,
@@ -75,7 +79,7 @@ SCHEMAS: dict[str, str] = {
     ),
     "demux_gather_fwd": (
         "(Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, str gather, "
-        "Tensor? index, int sequence_position) -> Tensor"
+        "Tensor? index, int sequence_position, ScalarType out_dtype) -> Tensor"
     ),
     "demux_gather_bwd": (
         "(Tensor grad_u, Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, "
@@ -83,10 +87,12 @@ SCHEMAS: dict[str, str] = {
     ),
     "demux_project_fwd": (
         "(Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps, str gather, "
-        "Tensor? index, int sequence_position, Tensor proj_weight, Tensor? proj_bias) -> Tensor"
+        "Tensor? index, int sequence_position, Tensor proj_weight, Tensor? proj_bias, "
+        "ScalarType out_dtype) -> Tensor"
     ),
     "mlp_demux_fwd": (
-        "(Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps) -> Tensor"
+        "(Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps, "
+        "ScalarType out_dtype) -> Tensor"
     ),
     "mlp_demux_bwd": (
         "(Tensor grad_u, Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps) "
@@ -160,8 +166,8 @@ def _lowrank_ortho_mux_bwd(grad_out, embeddings, u, h, factors_grad):
     )
 
 
-def _demux_gather_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
-    return c.new_empty(gather_shape(a, c, gather, c.shape[-1]))
+def _demux_gather_fwd(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, out_dtype):
+    return c.new_empty(gather_shape(a, c, gather, c.shape[-1]), dtype=out_dtype)
 
 
 def _demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index, sequence_position):
@@ -174,15 +180,16 @@ def _demux_gather_bwd(grad_u, a, c, ln_weight, ln_bias, eps, gather, index, sequ
 
 
 def _demux_project_fwd(
-    a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, proj_weight, proj_bias
-):
-    return c.new_empty(gather_shape(a, c, gather, proj_weight.shape[0]))
+    a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, proj_weight, proj_bias,
+    out_dtype,
+):  # fmt: skip
+    return c.new_empty(gather_shape(a, c, gather, proj_weight.shape[0]), dtype=out_dtype)
 
 
-def _mlp_demux_fwd(pre, bias, ln_weight, ln_bias, eps):
+def _mlp_demux_fwd(pre, bias, ln_weight, ln_bias, eps, out_dtype):
     groups, length, _ = pre.shape
     n, d = bias.shape
-    return pre.new_empty((groups, n, length, d))
+    return pre.new_empty((groups, n, length, d), dtype=out_dtype)
 
 
 def _mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps):

@@ -431,7 +431,7 @@ def demux_reference(gather, index, position):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_demux_gather_fwd_cpu(case, gather, dtype, generator):
     a, c, ln_weight, ln_bias, index, position = demux_inputs(case, dtype, False, generator)
-    out = op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position)
+    out = op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position, c.dtype)
     want = demux_reference(gather, index, position)(
         a.double(), c.double(), ln_weight.double(), ln_bias.double()
     )
@@ -446,7 +446,7 @@ def test_demux_gather_fwd_cpu(case, gather, dtype, generator):
 def test_demux_gather_bwd_cpu(case, gather, dtype, generator):
     a, c, ln_weight, ln_bias, index, position = demux_inputs(case, dtype, False, generator)
     params = [a, c, ln_weight, ln_bias]
-    shape = op("demux_gather_fwd")(*params, EPS, gather, index, position).shape
+    shape = op("demux_gather_fwd")(*params, EPS, gather, index, position, dtype).shape
     grad_u = randn(*shape, generator=generator, dtype=dtype)
     got = op("demux_gather_bwd")(grad_u, *params, EPS, gather, index, position)
     want = float64_grads(demux_reference(gather, index, position), params, grad_u)
@@ -460,11 +460,15 @@ def test_demux_gather_bwd_cpu(case, gather, dtype, generator):
 @needs_extension
 @pytest.mark.parametrize("gather", GATHERS)
 def test_demux_gather_fp32_params_with_half_data(gather, generator):
-    """float16 c with float32 a and LayerNorm parameters: the ATen path computes in fp32."""
+    """float16 data (u) with float32 a, c and LayerNorm parameters, as the ops pass them:
+    the ATen path computes in fp32."""
     a, c, ln_weight, ln_bias, index, position = demux_inputs(
         (2, 3, 4, 16, 1), torch.float16, True, generator
     )
-    out = op("demux_gather_fwd")(a, c, ln_weight, ln_bias, EPS, gather, index, position)
+    c = c.float()
+    out = op("demux_gather_fwd")(
+        a, c, ln_weight, ln_bias, EPS, gather, index, position, torch.float16
+    )
     want = demux_reference(gather, index, position)(
         a.double(), c.double(), ln_weight.double(), ln_bias.double()
     )
@@ -501,8 +505,10 @@ def test_opcheck_demux_gather(name, gather, generator):
     )
     args = (a, c, ln_weight, ln_bias, EPS, gather, index, position)
     if name == "demux_gather_bwd":
-        shape = op("demux_gather_fwd")(*args).shape
+        shape = op("demux_gather_fwd")(*args, torch.float64).shape
         args = (randn(*shape, generator=generator), *args)
+    else:
+        args = (*args, torch.float64)
     torch.library.opcheck(op(name), args)
 
 
@@ -520,7 +526,7 @@ def test_fake_tensor_mode_new_operators():
             ("sequence", (2, 3, 97)),
             ("selected", (2, 9, 97)),
         ]:
-            u = op("demux_gather_fwd")(a, c, w, w, EPS, gather, index, 3)
+            u = op("demux_gather_fwd")(a, c, w, w, EPS, gather, index, 3, bf16)
             assert (u.shape, u.dtype) == (shape, bf16)
             grads = op("demux_gather_bwd")(u, a, c, w, w, EPS, gather, index, 3)
             assert [(t.shape, t.dtype) for t in grads] == [
@@ -589,6 +595,8 @@ def _demux_case(change: dict, grad: bool = False) -> tuple:
     }
     if grad:
         args = {"grad_u": torch.randn(2, 4, 5), **args}
+    else:
+        args["out_dtype"] = torch.float32
     args.update(change)
     return tuple(args.values())
 
@@ -716,7 +724,7 @@ def _bad_new_arguments():
             "demux_gather_fwd",
             "ln_bias_dtype",
             _demux_case({"ln_bias": torch.zeros(5, dtype=f16)}),
-            r"ln_bias must have the dtype of c \(Float\) or float32",
+            r"ln_bias must have the data's dtype \(Float\) or float32",
         ),
         (
             "demux_gather_fwd",
@@ -732,9 +740,12 @@ def _bad_new_arguments():
         ),
         (
             "demux_gather_bwd",
-            "grad_u_dtype",
-            _demux_case({"grad_u": torch.randn(2, 4, 5, dtype=f64)}, grad=True),
-            r"grad_u must have the dtype of c",
+            "c_dtype_vs_grad_u",
+            _demux_case(
+                {"grad_u": torch.randn(2, 4, 5, dtype=f16), "c": torch.randn(2, 4, 5, dtype=f64)},
+                grad=True,
+            ),
+            r"c must have the data's dtype \(Half\) or float32, got Double",
         ),
     ]
 

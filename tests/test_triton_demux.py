@@ -87,7 +87,7 @@ def test_gather_forward(randn, generator, case, gather, dtype):
     for position in positions(case, gather):
         expected = ref.demux_gather(*float64(a, c, w, b), EPS, gather, index, position)
         out = dg.demux_gather_fwd(
-            a, c, w, b, EPS, gather, index, position, out=nan_like(c, expected.shape)
+            a, c, w, b, EPS, gather, index, position, c.dtype, out=nan_like(c, expected.shape)
         )
         assert out.dtype == dtype
         assert_close(out, expected)
@@ -96,8 +96,10 @@ def test_gather_forward(randn, generator, case, gather, dtype):
 def test_gather_forward_shares_a_between_groups(randn, generator):
     """Ga = 1 gives the same u as a repeated for every group."""
     a, c, w, b, _ = demux_inputs(randn, generator, (3, 2, 5, 97, 1), torch.float64)
-    shared = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0)
-    repeated = dg.demux_gather_fwd(a.expand(3, -1, -1).contiguous(), c, w, b, EPS, "token", None, 0)
+    shared = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, c.dtype)
+    repeated = dg.demux_gather_fwd(
+        a.expand(3, -1, -1).contiguous(), c, w, b, EPS, "token", None, 0, c.dtype
+    )
     torch.testing.assert_close(shared, repeated, rtol=0, atol=0)
 
 
@@ -106,7 +108,9 @@ def test_gather_forward_wide_rows(randn, generator):
     case = (1, 2, 3, 1000, 1)
     a, c, w, b, _ = demux_inputs(randn, generator, case, torch.float32)
     expected = ref.demux_gather(*float64(a, c, w, b), EPS, "token", None, 0)
-    out = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, out=nan_like(c, expected.shape))
+    out = dg.demux_gather_fwd(
+        a, c, w, b, EPS, "token", None, 0, c.dtype, out=nan_like(c, expected.shape)
+    )
     assert_close(out, expected)
 
 
@@ -163,7 +167,7 @@ def test_project_forward(randn, generator, gather, k, bias):
     u = ref.demux_gather(*float64(a, c, w, b), EPS, gather, index, 3)
     expected = u @ pw.double().T + (pb.double() if bias else 0)
     out = dg.demux_project_fwd(
-        a, c, w, b, EPS, gather, index, 3, pw, pb, out=nan_like(c, expected.shape)
+        a, c, w, b, EPS, gather, index, 3, pw, pb, c.dtype, out=nan_like(c, expected.shape)
     )
     assert_close(out, expected)
 
@@ -178,7 +182,7 @@ def test_project_forward_dtypes(randn, generator, case, dtype):
     pb = randn(17, dtype=param_dtype).to(DEVICE)
     expected = ref.demux_gather(*float64(a, c, w, b), EPS, "token", None, 0) @ pw.double().T
     expected = expected + pb.double()
-    out = dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw, pb)
+    out = dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw, pb, c.dtype)
     assert out.dtype == dtype
     assert_close(out, expected, REFERENCE)
 
@@ -204,7 +208,7 @@ def mlp_inputs(randn, case, dtype):
 def test_mlp_forward(randn, case, dtype):
     pre, bias, w, b = mlp_inputs(randn, case, dtype)
     expected = mlp_reference(*float64(pre, bias, w, b), EPS)
-    out = md.mlp_demux_fwd(pre, bias, w, b, EPS, out=nan_like(pre, expected.shape))
+    out = md.mlp_demux_fwd(pre, bias, w, b, EPS, pre.dtype, out=nan_like(pre, expected.shape))
     assert out.dtype == dtype
     assert_close(out, expected)
 
@@ -237,25 +241,25 @@ def test_opcheck_gather(randn, generator, gather):
     case = (2, 3, 4, 5, 2)
     a, c, w, b, index = demux_inputs(randn, generator, case, torch.float32, gather=gather)
     args = (a, c, w, b, EPS, gather, index, 3)
-    torch.library.opcheck(op("demux_gather_fwd"), args)
+    torch.library.opcheck(op("demux_gather_fwd"), (*args, torch.float32))
     grad_u = randn(*_opdefs.gather_shape(a, c, gather, 5), dtype=torch.float32).to(DEVICE)
     torch.library.opcheck(op("demux_gather_bwd"), (grad_u, *args))
     pw, pb = randn(3, 5, dtype=torch.float32).to(DEVICE), randn(3, dtype=torch.float32).to(DEVICE)
-    torch.library.opcheck(op("demux_project_fwd"), (*args, pw, pb))
-    torch.library.opcheck(op("demux_project_fwd"), (*args, pw, None))
+    torch.library.opcheck(op("demux_project_fwd"), (*args, pw, pb, torch.float32))
+    torch.library.opcheck(op("demux_project_fwd"), (*args, pw, None, torch.float32))
 
 
 def test_opcheck_mlp(randn):
     pre, bias, w, b = mlp_inputs(randn, (2, 3, 4, 5), torch.float32)
-    torch.library.opcheck(op("mlp_demux_fwd"), (pre, bias, w, b, EPS))
+    torch.library.opcheck(op("mlp_demux_fwd"), (pre, bias, w, b, EPS, torch.float32))
     grad_u = randn(2, 3, 4, 5, dtype=torch.float32).to(DEVICE)
     torch.library.opcheck(op("mlp_demux_bwd"), (grad_u, pre, bias, w, b, EPS))
 
 
 def test_operators_call_the_launchers(randn, generator):
     a, c, w, b, _ = demux_inputs(randn, generator, (2, 3, 4, 5, 2), torch.float32)
-    u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0)
-    torch.testing.assert_close(u, dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0))
+    u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0, c.dtype)
+    torch.testing.assert_close(u, dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, c.dtype))
 
 
 # --- argument checks ------------------------------------------------------------------------
@@ -266,28 +270,61 @@ def test_launchers_reject_what_the_kernels_cannot_take(randn, generator):
     index = torch.zeros(2, 4, dtype=torch.int64, device=DEVICE)
     pw = randn(65, 5, dtype=torch.float32).to(DEVICE)
     cases = [
-        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "tokens", None, 0), "gather"),
-        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", None, 0), "index"),
-        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", index[:, :3], 0), "index"),
-        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", index.float(), 0), "index"),
-        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "sequence", None, 4), "sequence_position"),
-        (lambda: dg.demux_gather_fwd(a[:, :, :4], c, w, b, EPS, "token", None, 0), "a must"),
-        (lambda: dg.demux_gather_fwd(a, c.transpose(0, 1), w, b, EPS, "token", None, 0), "a must"),
+        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "tokens", None, 0, c.dtype), "gather"),
+        (lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", None, 0, c.dtype), "index"),
         (
-            lambda: dg.demux_gather_fwd(a, c[:, ::2], w, b, EPS, "token", None, 0),
+            lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", index[:, :3], 0, c.dtype),
+            "index",
+        ),
+        (
+            lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "selected", index.float(), 0, c.dtype),
+            "index",
+        ),
+        (
+            lambda: dg.demux_gather_fwd(a, c, w, b, EPS, "sequence", None, 4, c.dtype),
+            "sequence_position",
+        ),
+        (
+            lambda: dg.demux_gather_fwd(a[:, :, :4], c, w, b, EPS, "token", None, 0, c.dtype),
+            "a must",
+        ),
+        (
+            lambda: dg.demux_gather_fwd(
+                a, c.transpose(0, 1), w, b, EPS, "token", None, 0, c.transpose(0, 1).dtype
+            ),
+            "a must",
+        ),
+        (
+            lambda: dg.demux_gather_fwd(a, c[:, ::2], w, b, EPS, "token", None, 0, c[:, ::2].dtype),
             "c must be contig",
         ),
-        (lambda: dg.demux_gather_fwd(a, c, w[:4], b, EPS, "token", None, 0), "ln_weight"),
-        (lambda: dg.demux_gather_fwd(a, c.int(), w, b, EPS, "token", None, 0), "c must be float"),
-        (lambda: dg.demux_gather_bwd(c, a, c, w, b, EPS, "token", None, 0), "grad_u"),
-        (lambda: dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw, None), "K=65"),
+        (lambda: dg.demux_gather_fwd(a, c, w[:4], b, EPS, "token", None, 0, c.dtype), "ln_weight"),
         (
-            lambda: dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw[:3, :4], None),
+            lambda: dg.demux_gather_fwd(a, c.int(), w, b, EPS, "token", None, 0, c.int().dtype),
+            "c must be float",
+        ),
+        (lambda: dg.demux_gather_bwd(c, a, c, w, b, EPS, "token", None, 0), "grad_u"),
+        (
+            lambda: dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw, None, c.dtype),
+            "K=65",
+        ),
+        (
+            lambda: dg.demux_project_fwd(
+                a, c, w, b, EPS, "token", None, 0, pw[:3, :4], None, c.dtype
+            ),
             "proj_weight",
         ),
-        (lambda: dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw[:3], w), "proj_bias"),
-        (lambda: md.mlp_demux_fwd(c, a[0], a[0], a[0], EPS), "pre must"),
-        (lambda: md.mlp_demux_fwd(a.reshape(2, 1, 15), a[0], a[0], a[0, :2], EPS), "ln_bias"),
+        (
+            lambda: dg.demux_project_fwd(a, c, w, b, EPS, "token", None, 0, pw[:3], w, c.dtype),
+            "proj_bias",
+        ),
+        (lambda: md.mlp_demux_fwd(c, a[0], a[0], a[0], EPS, c.dtype), "pre must"),
+        (
+            lambda: md.mlp_demux_fwd(
+                a.reshape(2, 1, 15), a[0], a[0], a[0, :2], EPS, a.reshape(2, 1, 15).dtype
+            ),
+            "ln_bias",
+        ),
         (lambda: md.mlp_demux_bwd(a, a.reshape(2, 1, 15), a[0], a[0], a[0], EPS), "grad_u"),
     ]
     for call, message in cases:

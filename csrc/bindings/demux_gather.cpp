@@ -32,8 +32,11 @@ using TensorQuad = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // ---------------------------------------------------------------------------
 // demux_gather_fwd_cuda(Tensor a, Tensor c, Tensor ln_weight, Tensor ln_bias, float eps,
-//     str gather, Tensor? index, int sequence_position) -> Tensor
-// demux_gather_bwd_cuda(Tensor grad_u, <the same>) -> (da, dc, d_ln_weight, d_ln_bias)
+//     str gather, Tensor? index, int sequence_position, ScalarType out_dtype) -> Tensor
+// demux_gather_bwd_cuda(Tensor grad_u, <the same but out_dtype>)
+//     -> (da, dc, d_ln_weight, d_ln_bias)
+//   The data's dtype is out_dtype (the dtype of u and grad_u); a, c and the LayerNorm
+//   parameters have it or are float32 (a and c are, for half data).
 //   u[g, i, t] = LN(gelu(a[g', i] + c[g, t])), g' = g or 0 (a broadcast over groups);
 //   gather "token" (B', N, L', d), "sequence" at t = sequence_position (B', N, d),
 //   "selected" i = index[g, t] (B', L', d). index is read for "selected" only.
@@ -73,12 +76,21 @@ struct DemuxGatherInputs {
   at::Tensor index;  // int64 (B', L') for "selected", else undefined
 };
 
+// A tensor of the data (dtype `data`) or float32, on c's device, contiguous.
+void check_data_or_f32(const char* op, const char* name, const at::Tensor& t,
+                       at::ScalarType data, const at::Tensor& c) {
+  TORCH_CHECK(t.scalar_type() == data || t.scalar_type() == at::kFloat, op, name,
+              " must have the data's dtype (", data, ") or float32, got ", t.scalar_type());
+  check_same_device(op, name, t, "c", c);
+  check_contiguous(op, name, t);
+}
+
 DemuxGatherInputs check_demux_gather_args(const char* op, const at::Tensor& a,
                                           const at::Tensor& c, const at::Tensor& ln_weight,
                                           const at::Tensor& ln_bias, double eps,
                                           c10::string_view gather,
                                           const std::optional<at::Tensor>& index,
-                                          int64_t sequence_position,
+                                          int64_t sequence_position, at::ScalarType data,
                                           c10::DeviceType device_type) {
   check_rank(op, "a", a, 3, "(B' or 1, N, d)");
   check_rank(op, "c", c, 3, "(B', L', d)");
@@ -90,11 +102,14 @@ DemuxGatherInputs check_demux_gather_args(const char* op, const at::Tensor& a,
   check_size(op, "a", a, 2, c.size(2), "c.size(2), d");
   check_size(op, "ln_weight", ln_weight, 0, c.size(2), "c.size(2), d");
   check_size(op, "ln_bias", ln_bias, 0, c.size(2), "c.size(2), d");
+  TORCH_CHECK(is_kernel_float(data), op, "the data's dtype must be float16, bfloat16, float32 "
+              "or float64, got ", data);
   check_data(op, "c", c, device_type);
-  check_param(op, "a", a, "c", c);
+  check_data_or_f32(op, "c", c, data, c);
+  check_data_or_f32(op, "a", a, data, c);
   TORCH_CHECK(a.numel() > 0, op, "a must be non-empty, got shape ", a.sizes());
-  check_param(op, "ln_weight", ln_weight, "c", c);
-  check_param(op, "ln_bias", ln_bias, "c", c);
+  check_data_or_f32(op, "ln_weight", ln_weight, data, c);
+  check_data_or_f32(op, "ln_bias", ln_bias, data, c);
   check_eps(op, eps);
   DemuxGatherInputs in{parse_gather(op, gather), at::Tensor()};
   if (in.gather == Gather::kSequence) {
@@ -129,19 +144,19 @@ at::Tensor gather_pre(const at::Tensor& a, const at::Tensor& c, const DemuxGathe
 at::Tensor demux_gather_fwd_aten(const at::Tensor& a, const at::Tensor& c,
                                  const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                  double eps, const DemuxGatherInputs& in,
-                                 int64_t sequence_position) {
-  const at::ScalarType acc = accumulate_dtype(c.scalar_type());
+                                 int64_t sequence_position, at::ScalarType out_dtype) {
+  const at::ScalarType acc = accumulate_dtype(out_dtype);
   const at::Tensor pre = gather_pre(a, c, in, sequence_position, acc);
   return at::layer_norm(at::gelu(pre), {c.size(2)}, ln_weight.to(acc), ln_bias.to(acc), eps)
-      .to(c.scalar_type());
+      .to(out_dtype);
 }
 
 DemuxGatherArgs demux_gather_args(const at::Tensor& a, const at::Tensor& c,
                                   const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                   double eps, const DemuxGatherInputs& in,
-                                  int64_t sequence_position) {
+                                  int64_t sequence_position, at::ScalarType out_dtype) {
   return DemuxGatherArgs{kernel_param(a),
-                         c.const_data_ptr(),
+                         kernel_param(c),
                          kernel_param(ln_weight),
                          kernel_param(ln_bias),
                          in.index.defined() ? in.index.const_data_ptr<int64_t>() : nullptr,
@@ -153,7 +168,7 @@ DemuxGatherArgs demux_gather_args(const at::Tensor& a, const at::Tensor& c,
                          eps,
                          in.gather,
                          sequence_position,
-                         to_kernel_dtype(c.scalar_type())};
+                         to_kernel_dtype(out_dtype)};
 }
 
 void check_demux_d(const char* op, const at::Tensor& c) {
@@ -165,44 +180,44 @@ at::Tensor demux_gather_fwd_cpu(const at::Tensor& a, const at::Tensor& c,
                                 const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                 double eps, c10::string_view gather,
                                 const std::optional<at::Tensor>& index,
-                                int64_t sequence_position) {
-  const DemuxGatherInputs in =
-      check_demux_gather_args("muxkernels::demux_gather_fwd_cuda: ", a, c, ln_weight, ln_bias,
-                              eps, gather, index, sequence_position, c10::DeviceType::CPU);
-  return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+                                int64_t sequence_position, at::ScalarType out_dtype) {
+  const DemuxGatherInputs in = check_demux_gather_args(
+      "muxkernels::demux_gather_fwd_cuda: ", a, c, ln_weight, ln_bias, eps, gather, index,
+      sequence_position, out_dtype, c10::DeviceType::CPU);
+  return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position, out_dtype);
 }
 
 at::Tensor demux_gather_fwd_cuda(const at::Tensor& a, const at::Tensor& c,
                                  const at::Tensor& ln_weight, const at::Tensor& ln_bias,
                                  double eps, c10::string_view gather,
                                  const std::optional<at::Tensor>& index,
-                                 int64_t sequence_position) {
+                                 int64_t sequence_position, at::ScalarType out_dtype) {
   constexpr const char* op = "muxkernels::demux_gather_fwd_cuda: ";
   const DemuxGatherInputs in =
       check_demux_gather_args(op, a, c, ln_weight, ln_bias, eps, gather, index,
-                              sequence_position, c10::DeviceType::CUDA);
+                              sequence_position, out_dtype, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(c.device());
   check_demux_d(op, c);
-  at::Tensor out = at::empty(gather_shape(a, c, in.gather), c.options());
+  at::Tensor out = at::empty(gather_shape(a, c, in.gather), c.options().dtype(out_dtype));
   const DemuxGatherArgs args =
-      demux_gather_args(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+      demux_gather_args(a, c, ln_weight, ln_bias, eps, in, sequence_position, out_dtype);
   // float64, and rows the kernel's registers do not hold (see demux_gather_fwd.h): ATen.
-  if (c.scalar_type() == at::kDouble || !demux_gather_fwd_covers(args, out.const_data_ptr())) {
-    return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+  if (out_dtype == at::kDouble || !demux_gather_fwd_covers(args, out.const_data_ptr())) {
+    return demux_gather_fwd_aten(a, c, ln_weight, ln_bias, eps, in, sequence_position,
+                                 out_dtype);
   }
   check_cuda_launch(launch_demux_gather_fwd(args, out.mutable_data_ptr(), current_stream()),
                     kDemuxGatherFwd);
   return out;
 }
 
+// grad_u: the gather's output shape, on c's device, contiguous; its dtype is the data's.
 void check_grad_u(const char* op, const at::Tensor& grad_u, const at::Tensor& a,
                   const at::Tensor& c, Gather gather) {
   const std::vector<int64_t> shape = gather_shape(a, c, gather);
   TORCH_CHECK(grad_u.sizes() == at::IntArrayRef(shape), op,
               "grad_u must have the gather's output shape ", at::IntArrayRef(shape), ", got ",
               grad_u.sizes());
-  TORCH_CHECK(grad_u.scalar_type() == c.scalar_type(), op, "grad_u must have the dtype of c (",
-              c.scalar_type(), "), got ", grad_u.scalar_type());
   check_same_device(op, "grad_u", grad_u, "c", c);
   check_contiguous(op, "grad_u", grad_u);
 }
@@ -217,7 +232,7 @@ TensorQuad demux_gather_bwd_aten(const at::Tensor& grad_u, const at::Tensor& a,
                                  const at::Tensor& ln_bias, double eps,
                                  const DemuxGatherInputs& in, int64_t sequence_position) {
   const int64_t d = c.size(2);
-  const at::ScalarType acc = accumulate_dtype(c.scalar_type());
+  const at::ScalarType acc = accumulate_dtype(grad_u.scalar_type());
   const at::Tensor pre = gather_pre(a, c, in, sequence_position, acc);
   const at::Tensor h = at::gelu(pre);
   const at::Tensor x = h - h.mean(-1, /*keepdim=*/true);
@@ -257,9 +272,10 @@ TensorQuad demux_gather_bwd_cpu(const at::Tensor& grad_u, const at::Tensor& a,
                                 const std::optional<at::Tensor>& index,
                                 int64_t sequence_position) {
   constexpr const char* op = "muxkernels::demux_gather_bwd_cuda: ";
-  const DemuxGatherInputs in = check_demux_gather_args(
-      op, a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, c10::DeviceType::CPU);
-  check_grad_u(op, grad_u, a, c, in.gather);
+  check_grad_u(op, grad_u, a, c, parse_gather(op, gather));
+  const DemuxGatherInputs in =
+      check_demux_gather_args(op, a, c, ln_weight, ln_bias, eps, gather, index,
+                              sequence_position, grad_u.scalar_type(), c10::DeviceType::CPU);
   return demux_gather_bwd_aten(grad_u, a, c, ln_weight, ln_bias, eps, in, sequence_position);
 }
 
@@ -269,10 +285,10 @@ TensorQuad demux_gather_bwd_cuda(const at::Tensor& grad_u, const at::Tensor& a,
                                  const std::optional<at::Tensor>& index,
                                  int64_t sequence_position) {
   constexpr const char* op = "muxkernels::demux_gather_bwd_cuda: ";
+  check_grad_u(op, grad_u, a, c, parse_gather(op, gather));
   const DemuxGatherInputs in =
       check_demux_gather_args(op, a, c, ln_weight, ln_bias, eps, gather, index,
-                              sequence_position, c10::DeviceType::CUDA);
-  check_grad_u(op, grad_u, a, c, in.gather);
+                              sequence_position, grad_u.scalar_type(), c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard device_guard(c.device());
   check_demux_d(op, c);
   const int64_t groups = c.size(0);
@@ -281,13 +297,13 @@ TensorQuad demux_gather_bwd_cuda(const at::Tensor& grad_u, const at::Tensor& a,
   const at::TensorOptions f32 = c.options().dtype(at::kFloat);
   // Positions the sequence gather does not read keep a zero gradient.
   at::Tensor dc = in.gather == Gather::kSequence ? at::zeros_like(c) : at::empty_like(c);
-  const DemuxGatherArgs args =
-      demux_gather_args(a, c, ln_weight, ln_bias, eps, in, sequence_position);
+  const DemuxGatherArgs args = demux_gather_args(a, c, ln_weight, ln_bias, eps, in,
+                                                 sequence_position, grad_u.scalar_type());
   DemuxGatherBwdBuffers buffers{grad_u.const_data_ptr(), dc.mutable_data_ptr(), nullptr,
                                 nullptr, nullptr};
   DemuxGatherBwdPlan plan;
   // float64, and rows the kernel's registers do not hold (see demux_gather_bwd.h): ATen.
-  if (c.scalar_type() == at::kDouble || !plan_demux_gather_bwd(args, buffers, &plan)) {
+  if (grad_u.scalar_type() == at::kDouble || !plan_demux_gather_bwd(args, buffers, &plan)) {
     return demux_gather_bwd_aten(grad_u, a, c, ln_weight, ln_bias, eps, in, sequence_position);
   }
   at::Tensor da_partial = at::empty({groups, plan.da_tiles, n, d}, f32);

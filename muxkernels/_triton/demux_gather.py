@@ -224,7 +224,7 @@ def _project_kernel(
     a_ptr, c_ptr, idx_ptr, w_ptr, b_ptr, pw_ptr, pb_ptr, out_ptr,
     R, N, L, D, K, seq_pos, a_group_rows, eps,
     GATHER: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """logits[r] = LN(gelu(a + c))[r] @ pwᵀ + pb for BLOCK_R output rows, u never stored.
 
@@ -262,7 +262,7 @@ def _project_kernel(
         u = tl.where(mask, u, 0.0)
         pw_mask = col_mask[:, None] & k_mask[None, :]
         pw = tl.load(pw_ptr + ks[None, :] * D + cols[:, None], mask=pw_mask, other=0.0)
-        logits += tl.dot(u.to(DOT), pw.to(DOT), input_precision="ieee")
+        logits += tl.dot(u, pw.to(ACC), input_precision=PRECISION)
     if HAS_BIAS:
         logits += tl.load(pb_ptr + ks, mask=k_mask, other=0.0).to(ACC)[None, :]
     out = out_ptr + r[:, None] * K + ks[None, :]
@@ -339,20 +339,21 @@ def demux_gather_fwd(
     gather: str,
     index: torch.Tensor | None,
     sequence_position: int,
+    out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """u = LN(gelu(a[g,i] + c[g,t])) gathered by ``gather``, in c's dtype (into ``out`` if given).
+    """u = LN(gelu(a[g,i] + c[g,t])) gathered by ``gather``, in out_dtype (into ``out`` if given).
 
     token: grid B'·⌈L'/BLOCK_T⌉, each program loads its c rows once and loops over i.
     sequence / selected: grid ⌈rows/BLOCK_R⌉ over the output rows.
     """
     _check_args(a, c, ln_weight, ln_bias, gather, index, sequence_position)
     if out is None:
-        out = c.new_empty(gather_shape(a, c, gather, c.shape[2]))
+        out = c.new_empty(gather_shape(a, c, gather, c.shape[2]), dtype=out_dtype)
     if out.numel() == 0:
         return out
     idx, n, length, d, seq_pos, a_group_rows = _pair_args(a, c, index, gather, sequence_position)
-    acc = acc_dtype(a, c, ln_weight, ln_bias)
+    acc = acc_dtype(a, c, ln_weight, ln_bias, out)
     if gather == "token":
         block_lo, block_hi, block_t, num_warps = row_tiles(d, length, acc)
         n_tiles = triton.cdiv(length, block_t)
@@ -481,12 +482,13 @@ def demux_project_fwd(
     sequence_position: int,
     proj_weight: torch.Tensor,
     proj_bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits = u @ proj_weightᵀ + proj_bias with u = LN(gelu(a + c)) never written; K <= 64.
 
     Grid ⌈rows/BLOCK_R⌉ over output rows; u is built in registers in BLOCK_C-column chunks
-    and fed to tl.dot (operands in the data's dtype for half data, fp32/fp64 otherwise).
+    and fed to tl.dot in the accumulator's dtype (TF32 tensor cores for half outputs).
     """
     _check_args(a, c, ln_weight, ln_bias, gather, index, sequence_position)
     d = c.shape[2]
@@ -505,14 +507,16 @@ def demux_project_fwd(
             raise ValueError(f"{name} must be a float tensor, got {t.dtype}")
     check_contiguous(proj_weight=proj_weight, proj_bias=proj_bias)
     if out is None:
-        out = c.new_empty(gather_shape(a, c, gather, k))
+        out = c.new_empty(gather_shape(a, c, gather, k), dtype=out_dtype)
     if out.numel() == 0:
         return out
     idx, n, length, _, seq_pos, a_group_rows = _pair_args(a, c, index, gather, sequence_position)
     rows = out.numel() // k
     block_r = max(16, min(32, triton.next_power_of_2(rows)))
-    acc = acc_dtype(a, c, ln_weight, ln_bias, proj_weight, proj_bias)
-    dot = c.dtype if c.dtype in (torch.float16, torch.bfloat16) and acc == torch.float32 else acc
+    acc = acc_dtype(a, c, ln_weight, ln_bias, proj_weight, proj_bias, out)
+    # u (fp32) meets the projection on TF32 tensor cores for half outputs: u loses less
+    # than the logits' own rounding; exact fp32 / fp64 dots otherwise
+    precision = "tf32" if out_dtype in (torch.float16, torch.bfloat16) else "ieee"
     _project_kernel[(triton.cdiv(rows, block_r),)](
         a, c, idx, ln_weight, ln_bias, proj_weight,
         proj_weight if proj_bias is None else proj_bias, out,
@@ -520,7 +524,7 @@ def demux_project_fwd(
         GATHER=GATHER_CODES[gather], HAS_BIAS=proj_bias is not None, BLOCK_R=block_r,
         BLOCK_C=max(16, min(32, triton.next_power_of_2(d))),
         BLOCK_K=max(16, triton.next_power_of_2(k)),
-        ACC=tl_dtype(acc), DOT=tl_dtype(dot), num_warps=8,
+        ACC=tl_dtype(acc), PRECISION=precision, num_warps=8,
     )  # fmt: skip
     return out
 

@@ -137,20 +137,21 @@ def mlp_demux_fwd(
     ln_weight: torch.Tensor,
     ln_bias: torch.Tensor,
     eps: float,
+    out_dtype: torch.dtype,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + bias[i])), (B', N, L, d) in pre's dtype.
+    """u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + bias[i])), (B', N, L, d) in out_dtype.
 
     Grid (⌈B'·L/BLOCK_R⌉, N); written into ``out`` if given.
     """
     n, d = _check_args(pre, bias, ln_weight, ln_bias)
     groups, length, _ = pre.shape
     if out is None:
-        out = pre.new_empty((groups, n, length, d))
+        out = pre.new_empty((groups, n, length, d), dtype=out_dtype)
     if out.numel() == 0:
         return out
     rows = groups * length
-    acc = acc_dtype(pre, bias, ln_weight, ln_bias)
+    acc = acc_dtype(pre, bias, ln_weight, ln_bias, out)
     block_lo, block_hi, block_r, num_warps = row_tiles(d, rows, acc)
     _mlp_fwd_kernel[(triton.cdiv(rows, block_r), n)](
         pre, bias, ln_weight, ln_bias, out, rows, n, length, d, eps,

@@ -129,10 +129,12 @@ def _launch(lib, config: CudaConfig, groups: int, length: int) -> int:
     a_groups = 1 if config.op == "index_pos_demux" else groups
     if config.op != "index_pos_demux":
         length = length + n + 1  # the index prefix
+    # a and c, the ops' GEMM outputs, are float32 for half data (muxkernels.ops._precise)
+    terms = DTYPE_CODES["fp32"] if config.dtype in ("bf16", "fp16") else dt
     args = (
-        _pointer(0), pt, _pointer(1), _pointer(2), pt, _pointer(3), pt, _pointer(4),
+        _pointer(0), terms, _pointer(1), _pointer(2), pt, _pointer(3), pt, _pointer(4),
         _sizes(groups, a_groups, n, length, d), ctypes.c_double(1e-5), GATHERS[gather],
-        i64(min(n, length - 1)), dt,
+        i64(min(n, length - 1)), terms, dt,
     )  # fmt: skip
     if config.mode == "fwd":
         return lib.emu_demux_gather_fwd(*args, _pointer(5))

@@ -37,10 +37,12 @@ def _save(ctx, a, c, ln_weight, ln_bias, eps, gather, index, position, backend, 
 
 
 class DemuxGather(torch.autograd.Function):
-    """forward(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, backend) -> u.
+    """forward(a, c, ln_weight, ln_bias, eps, gather, index, sequence_position, backend,
+    out_dtype) -> u.
 
-    u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) with exact gelu, gathered by ``gather``.
-    backward recomputes the activations from a and c and gives da, dc, dγ, dβ.
+    u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) with exact gelu, gathered by ``gather``, in
+    out_dtype (the data's; a and c are float32 for half data). backward recomputes the
+    activations from a and c and gives da, dc, dγ, dβ in their tensors' dtypes.
     """
 
     @staticmethod
@@ -55,11 +57,12 @@ class DemuxGather(torch.autograd.Function):
         index: torch.Tensor | None,
         sequence_position: int,
         backend: str,
+        out_dtype: torch.dtype,
     ) -> torch.Tensor:
         args = (a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous())
         _save(ctx, *args, eps, gather, index, sequence_position, backend)
         return _opdefs.kernel("demux_gather_fwd", backend)(
-            *args, eps, gather, index, sequence_position
+            *args, eps, gather, index, sequence_position, out_dtype
         )
 
     @staticmethod
@@ -67,16 +70,17 @@ class DemuxGather(torch.autograd.Function):
         d_a, d_c, d_w, d_b = _opdefs.kernel("demux_gather_bwd", ctx.backend)(
             grad_u.contiguous(), *_gather_args(ctx)
         )
-        return d_a, d_c, d_w, d_b, None, None, None, None, None
+        return d_a, d_c, d_w, d_b, None, None, None, None, None, None
 
 
 class DemuxGatherProject(torch.autograd.Function):
     """forward(a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index,
-    sequence_position, backend) -> logits = u @ proj_weightᵀ + proj_bias.
+    sequence_position, backend, out_dtype) -> logits = u @ proj_weightᵀ + proj_bias.
 
     The projection happens in the ``demux_project_fwd`` kernel of ``backend`` (K <= 64), so
-    u is never written. backward recomputes u once, then gives the projection's gradients
-    and da, dc, dγ, dβ through ``demux_gather_bwd``.
+    u is never written; logits are in out_dtype. backward recomputes u once, in the compute
+    dtype (float32 for half data), then gives the projection's gradients and da, dc, dγ, dβ
+    through ``demux_gather_bwd``.
     """
 
     @staticmethod
@@ -93,24 +97,24 @@ class DemuxGatherProject(torch.autograd.Function):
         index: torch.Tensor | None,
         sequence_position: int,
         backend: str,
+        out_dtype: torch.dtype,
     ) -> torch.Tensor:
         args = (a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous())
         _save(ctx, *args, eps, gather, index, sequence_position, backend, proj_weight, proj_bias)
         return _opdefs.kernel(PROJECT_KERNEL, backend)(
-            *args, eps, gather, index, sequence_position, proj_weight.contiguous(), proj_bias
-        )
+            *args, eps, gather, index, sequence_position, proj_weight.contiguous(), proj_bias,
+            out_dtype,
+        )  # fmt: skip
 
     @staticmethod
     def backward(ctx, grad_logits: torch.Tensor):
         proj_weight, proj_bias = ctx.saved_tensors[5:]
         args = _gather_args(ctx)
-        u = _opdefs.kernel("demux_gather_fwd", ctx.backend)(*args)
-        ct = compute_dtype(u)  # fp32 accumulation (fp64 for fp64)
+        ct = compute_dtype(*args[:4], proj_weight)  # fp32 (fp64 for float64)
+        u = _opdefs.kernel("demux_gather_fwd", ctx.backend)(*args, ct)
         rows_grad = grad_logits.reshape(-1, proj_weight.shape[0]).to(ct)
-        d_proj_weight = (rows_grad.T @ u.reshape(-1, u.shape[-1]).to(ct)).to(proj_weight.dtype)
+        d_proj_weight = (rows_grad.T @ u.reshape(-1, u.shape[-1])).to(proj_weight.dtype)
         d_proj_bias = None if proj_bias is None else rows_grad.sum(0).to(proj_bias.dtype)
-        grad_u = (grad_logits @ proj_weight.to(grad_logits.dtype)).to(u.dtype)
-        d_a, d_c, d_w, d_b = _opdefs.kernel("demux_gather_bwd", ctx.backend)(
-            grad_u.contiguous(), *args
-        )
-        return d_a, d_c, d_w, d_b, d_proj_weight, d_proj_bias, None, None, None, None, None
+        grad_u = (grad_logits.to(ct) @ proj_weight.to(ct)).contiguous()
+        d_a, d_c, d_w, d_b = _opdefs.kernel("demux_gather_bwd", ctx.backend)(grad_u, *args)
+        return (d_a, d_c, d_w, d_b, d_proj_weight, d_proj_bias, *(None,) * 6)

@@ -18,6 +18,7 @@ from .._checks import check_nonempty, check_num_instances, check_rank, check_ten
 from ..reference import Gather
 from ..reference._common import compute_dtype
 from . import _validate
+from ._precise import IndexDemuxTerms, Linear
 from .demux_gather import (
     KERNEL_BACKENDS,
     KERNELS,
@@ -40,17 +41,11 @@ def _validate_args(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps,
 def _split_terms(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n: int, gather: str
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """A = p W_pᵀ (B', N, d) and C = h W_hᵀ + b, only at t = N for the sequence gather.
-
-    Returns (A, C, the position of t = N in C). The GEMMs run in hidden's dtype (float32
-    parameters of half-precision data are cast, as autocast would).
-    """
-    d = hidden.shape[-1]
-    w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
-    a = F.linear(hidden[:, :n], w[:, :d])
-    if gather == "sequence":
-        return a, F.linear(hidden[:, n : n + 1], w[:, d:], b), 0
-    return a, F.linear(hidden, w[:, d:], b), n
+    """A = p W_pᵀ (B', N, d) and C = h W_hᵀ + b, only at t = N for the sequence gather, in
+    float32 for half data (``_precise``). Returns (A, C, the position of t = N in C)."""
+    sequence = gather == "sequence"
+    a, c = IndexDemuxTerms.apply(hidden, weight, bias, n, sequence)
+    return a, c, 0 if sequence else n
 
 
 def _long(index: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,7 +94,9 @@ def index_demux(
             hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, _long(index)
         )
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
-    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, _long(index), position, chosen)
+    return DemuxGather.apply(
+        a, c, ln_weight, ln_bias, eps, gather, _long(index), position, chosen, hidden.dtype
+    )
 
 
 def index_demux_logits(
@@ -160,8 +157,10 @@ def index_demux_logits(
     index = _long(index)
     if fusable and _opdefs.has_operator(PROJECT_KERNEL, chosen):
         return DemuxGatherProject.apply(
-            a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position, chosen
-        )
-    u = DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, position, chosen)
-    bias_u = None if proj_bias is None else proj_bias.to(u.dtype)
-    return F.linear(u, proj_weight.to(u.dtype), bias_u)
+            a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position,
+            chosen, hidden.dtype,
+        )  # fmt: skip
+    u = DemuxGather.apply(
+        a, c, ln_weight, ln_bias, eps, gather, index, position, chosen, hidden.dtype
+    )
+    return Linear.apply(u, proj_weight, proj_bias).to(hidden.dtype)

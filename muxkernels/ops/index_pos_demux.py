@@ -8,11 +8,11 @@ The kernel path is the index demux's fused core with a = c_i shared by every gro
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import _backend, _cpu, reference
 from ..reference import Gather
 from . import _validate
+from ._precise import Linear
 from .demux_gather import KERNEL_BACKENDS, KERNELS, DemuxGather
 
 
@@ -58,9 +58,9 @@ def index_pos_demux(
         return _cpu.index_pos_demux(
             hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
         )
-    w = weight.to(hidden.dtype)
-    a = F.linear(keys.to(hidden.dtype), w[:, :d], bias.to(hidden.dtype))[None]  # (1, N, d)
+    # c_i = W_k k_i + b and W_h h, in float32 for half data (``_precise``)
+    a = Linear.apply(keys, weight[:, :d], bias)[None]  # (1, N, d)
     rows = hidden[:, :1] if gather == "sequence" else hidden
-    c = F.linear(rows, w[:, d:])
+    c = Linear.apply(rows, weight[:, d:], None)
     index = None if index is None else index.long().contiguous()
-    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, 0, chosen)
+    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, 0, chosen, hidden.dtype)

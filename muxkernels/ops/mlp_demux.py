@@ -7,18 +7,18 @@ in one fused kernel (:class:`MLPDemux`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
+from ._precise import Linear
 
 KERNEL_BACKENDS = ("triton", "cpu")
 KERNELS = ("mlp_demux_fwd", "mlp_demux_bwd")
 
 
 class MLPDemux(torch.autograd.Function):
-    """forward(pre (B', L, N·d), bias (N, d), ln_weight (N, d), ln_bias (N, d), eps, backend)
-    -> u (B', N, L, d) with u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)).
+    """forward(pre (B', L, N·d), bias (N, d), ln_weight (N, d), ln_bias (N, d), eps, backend,
+    out_dtype) -> u (B', N, L, d) in out_dtype, u[g,i,t] = LN_i(gelu(pre[g,t,i·d:(i+1)·d] + b_i)).
 
     backward recomputes from pre and gives d_pre, d_bias, d_ln_weight, d_ln_bias.
     """
@@ -32,18 +32,19 @@ class MLPDemux(torch.autograd.Function):
         ln_bias: torch.Tensor,
         eps: float,
         backend: str,
+        out_dtype: torch.dtype,
     ) -> torch.Tensor:
         args = tuple(t.contiguous() for t in (pre, bias, ln_weight, ln_bias))
         ctx.save_for_backward(*args)
         ctx.eps, ctx.backend = eps, backend
-        return _opdefs.kernel("mlp_demux_fwd", backend)(*args, eps)
+        return _opdefs.kernel("mlp_demux_fwd", backend)(*args, eps, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_u: torch.Tensor):
         grads = _opdefs.kernel("mlp_demux_bwd", ctx.backend)(
             grad_u.contiguous(), *ctx.saved_tensors, ctx.eps
         )
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def mlp_demux(
@@ -86,5 +87,5 @@ def mlp_demux(
         return reference.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
     if chosen == "cpu":
         return _cpu.mlp_demux(hidden, weight, bias, ln_weight, ln_bias, eps)
-    pre = F.linear(hidden, weight.to(hidden.dtype).reshape(n * d, d))
-    return MLPDemux.apply(pre, bias, ln_weight, ln_bias, eps, chosen)
+    pre = Linear.apply(hidden, weight.reshape(n * d, d), None)  # float32 for half data
+    return MLPDemux.apply(pre, bias, ln_weight, ln_bias, eps, chosen, hidden.dtype)

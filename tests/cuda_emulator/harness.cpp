@@ -19,9 +19,10 @@ DType dtype(int code) { return static_cast<DType>(code); }
 muxkernels::DemuxGatherArgs demux_args(const void* a, int a_dtype, const void* c,
                                        const void* ln_weight, int w_dtype, const void* ln_bias,
                                        int b_dtype, const int64_t* index, const int64_t* sizes,
-                                       double eps, int gather, int64_t position, int c_dtype) {
+                                       double eps, int gather, int64_t position, int c_dtype,
+                                       int data_dtype) {
   return muxkernels::DemuxGatherArgs{Param{a, dtype(a_dtype)},
-                                     c,
+                                     Param{c, dtype(c_dtype)},
                                      Param{ln_weight, dtype(w_dtype)},
                                      Param{ln_bias, dtype(b_dtype)},
                                      index,
@@ -33,7 +34,7 @@ muxkernels::DemuxGatherArgs demux_args(const void* a, int a_dtype, const void* c
                                      eps,
                                      static_cast<muxkernels::Gather>(gather),
                                      position,
-                                     dtype(c_dtype)};
+                                     dtype(data_dtype)};
 }
 
 }  // namespace
@@ -85,14 +86,14 @@ int emu_embed_mux_fwd(const int64_t* const* ids, const void* const* tables,
   return muxkernels::launch_embed_mux_fwd(args, nullptr);
 }
 
-// sizes: groups, a_groups, n, len, d.
+// sizes: groups, a_groups, n, len, d; data_dtype: of u (and grad_u).
 int emu_demux_gather_fwd(const void* a, int a_dtype, const void* c, const void* ln_weight,
                          int w_dtype, const void* ln_bias, int b_dtype, const int64_t* index,
                          const int64_t* sizes, double eps, int gather, int64_t position,
-                         int c_dtype, void* out) {
+                         int c_dtype, int data_dtype, void* out) {
   return muxkernels::launch_demux_gather_fwd(
       demux_args(a, a_dtype, c, ln_weight, w_dtype, ln_bias, b_dtype, index, sizes, eps, gather,
-                 position, c_dtype),
+                 position, c_dtype, data_dtype),
       out, nullptr);
 }
 
@@ -101,10 +102,11 @@ int emu_demux_gather_fwd(const void* a, int a_dtype, const void* c, const void* 
 int emu_demux_gather_bwd(const void* a, int a_dtype, const void* c, const void* ln_weight,
                          int w_dtype, const void* ln_bias, int b_dtype, const int64_t* index,
                          const int64_t* sizes, double eps, int gather, int64_t position,
-                         int c_dtype, void* const* buffers, int64_t* plan, int plan_only) {
+                         int c_dtype, int data_dtype, void* const* buffers, int64_t* plan,
+                         int plan_only) {
   const muxkernels::DemuxGatherArgs args = demux_args(
       a, a_dtype, c, ln_weight, w_dtype, ln_bias, b_dtype, index, sizes, eps, gather, position,
-      c_dtype);
+      c_dtype, data_dtype);
   const muxkernels::DemuxGatherBwdBuffers bufs{
       buffers[0], buffers[1], static_cast<float*>(buffers[2]), static_cast<float*>(buffers[3]),
       static_cast<float*>(buffers[4])};

@@ -231,8 +231,10 @@ DEMUX_CASES = [
 def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     groups, n, length, d, a_groups = case
     param_dtype = torch.float32 if params_fp32 else dtype
+    # a and c (the GEMM outputs) and the LayerNorm parameters in float32 with params_fp32,
+    # as the ops pass them for half data
     a = guarded(randn(a_groups, n, d, generator=gen, dtype=param_dtype), shift)
-    c = guarded(randn(groups, length, d, generator=gen, dtype=dtype), shift)
+    c = guarded(randn(groups, length, d, generator=gen, dtype=param_dtype), shift)
     w = guarded(1 + 0.1 * randn(d, generator=gen, dtype=param_dtype), shift)
     b = guarded(0.1 * randn(d, generator=gen, dtype=param_dtype), shift)
     index = guarded(torch.randint(0, n, (groups, length), generator=gen))
@@ -240,7 +242,8 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
     args = (
         a.ptr, DTYPE_CODES[param_dtype], c.ptr, w.ptr, DTYPE_CODES[param_dtype], b.ptr,
         DTYPE_CODES[param_dtype], index.ptr, sizes(groups, a_groups, n, length, d),
-        ctypes.c_double(EPS), GATHER_CODES[gather], I64(position), DTYPE_CODES[dtype],
+        ctypes.c_double(EPS), GATHER_CODES[gather], I64(position), DTYPE_CODES[param_dtype],
+        DTYPE_CODES[dtype],
     )  # fmt: skip
     inputs = [a, c, w, b, index]
 
@@ -260,7 +263,7 @@ def test_demux_gather(dtype, case, gather, params_fp32, shift, gen):
 
     grad_u = guarded(randn(*shape, generator=gen, dtype=dtype), shift)
     want = torch.autograd.grad(want_u, leaves, grad_u.tensor.double())
-    dc = Guarded((groups, length, d), dtype, shift)
+    dc = Guarded((groups, length, d), param_dtype, shift)
     if gather == "sequence":  # as the binding does: positions not read keep zero
         dc.tensor.zero_()
         dc.before = dc.buffer.clone()

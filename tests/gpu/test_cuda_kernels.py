@@ -206,11 +206,13 @@ DEMUX_CASES = [
 
 
 def demux_inputs(gen, case, dtype, params_fp32=False, misaligned=False):
-    """(a, c, ln_weight, ln_bias, index, sequence_position); c misaligned when asked."""
+    """(a, c, ln_weight, ln_bias, index, sequence_position); c misaligned when asked. With
+    params_fp32, a, c and the LayerNorm parameters are float32, as the ops pass them for
+    half data (the data, u and grad_u, stays in dtype)."""
     groups, n, length, d, a_groups = case
     param_dtype = torch.float32 if params_fp32 else dtype
     a = randn(a_groups, n, d, generator=gen, dtype=param_dtype)
-    c = randn(groups, length, d, generator=gen, dtype=dtype, misaligned=misaligned)
+    c = randn(groups, length, d, generator=gen, dtype=param_dtype, misaligned=misaligned)
     ln_weight = 1.0 + 0.1 * randn(d, generator=gen, dtype=param_dtype)
     ln_bias = 0.1 * randn(d, generator=gen, dtype=param_dtype)
     index = torch.randint(0, n, (groups, length), generator=gen, device=DEVICE)
@@ -228,28 +230,31 @@ def demux_reference(gather, index, position):
     return fn
 
 
-def check_demux_fwd(inputs, gather, backend="cuda"):
-    """The operator of ``backend`` against the float64 reference."""
+def check_demux_fwd(inputs, gather, backend="cuda", dtype=None):
+    """The operator of ``backend`` against the float64 reference; u in ``dtype`` (the
+    data's, c's dtype when None)."""
     a, c, ln_weight, ln_bias, index, position = inputs
+    dtype = dtype or c.dtype
     kernel = _opdefs.kernel("demux_gather_fwd", backend)
     out = poisoned(
-        lambda: kernel(a, c, ln_weight, ln_bias, EPS, gather, index, position),
+        lambda: kernel(a, c, ln_weight, ln_bias, EPS, gather, index, position, dtype),
         torch.Size(gather_shape(a, c, gather)).numel(),
-        c.dtype,
+        dtype,
     )
     want = demux_reference(gather, index, position)(
         a.double(), c.double(), ln_weight.double(), ln_bias.double()
     )
-    assert out.dtype == c.dtype
+    assert out.dtype == dtype
     check(out, want, "u")
     return out
 
 
-def check_demux_bwd(inputs, gather, gen, backend="cuda"):
-    """The operator of ``backend`` against the float64 reference's gradients."""
+def check_demux_bwd(inputs, gather, gen, backend="cuda", dtype=None):
+    """The operator of ``backend`` against the float64 reference's gradients; grad_u in
+    ``dtype`` (the data's, c's dtype when None)."""
     a, c, ln_weight, ln_bias, index, position = inputs
     params = [a, c, ln_weight, ln_bias]
-    grad_u = randn(*gather_shape(a, c, gather), generator=gen, dtype=c.dtype)
+    grad_u = randn(*gather_shape(a, c, gather), generator=gen, dtype=dtype or c.dtype)
     kernel = _opdefs.kernel("demux_gather_bwd", backend)
     got = poisoned(
         lambda: kernel(grad_u, *params, EPS, gather, index, position),
@@ -284,10 +289,10 @@ def test_demux_gather_bwd(dtype, case, gather, gen):
 @pytest.mark.parametrize("gather", GATHERS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
 def test_demux_gather_fp32_params(dtype, gather, gen):
-    """a and the LayerNorm parameters in float32 with half-precision c."""
+    """a, c and the LayerNorm parameters in float32 with half-precision u and grad_u."""
     inputs = demux_inputs(gen, (2, 5, 7, 768, 2), dtype, params_fp32=True)
-    check_demux_fwd(inputs, gather)
-    check_demux_bwd(inputs, gather, gen)
+    check_demux_fwd(inputs, gather, dtype=dtype)
+    check_demux_bwd(inputs, gather, gen, dtype=dtype)
 
 
 @pytest.mark.parametrize("gather", GATHERS)
@@ -302,17 +307,18 @@ def test_demux_gather_misaligned(dtype, d, gather, gen):
 @pytest.mark.parametrize("gather", GATHERS)
 @pytest.mark.parametrize("case", [(16, 40, 169, 768, 16), (64, 10, 139, 768, 1)], ids=shape_id)
 def test_demux_gather_benchmark_shape_and_determinism(case, gather, gen):
-    inputs = demux_inputs(gen, case, torch.bfloat16)
+    inputs = demux_inputs(gen, case, torch.bfloat16, params_fp32=True)  # as the ops call it
+    bf16 = torch.bfloat16
     args = (*inputs[:4], EPS, gather, *inputs[4:])
-    check_demux_fwd(inputs, gather)
-    grad_u, grads = check_demux_bwd(inputs, gather, gen)
+    check_demux_fwd(inputs, gather, dtype=bf16)
+    grad_u, grads = check_demux_bwd(inputs, gather, gen, dtype=bf16)
     again = op("demux_gather_bwd")(grad_u, *args)
     for first, second in zip(grads, again, strict=True):
         assert torch.equal(first, second), "the backward is not deterministic"
     if triton_op("demux_gather_fwd") is not None:
-        check_demux_fwd(inputs, gather, "triton")
+        check_demux_fwd(inputs, gather, "triton", dtype=bf16)
     if triton_op("demux_gather_bwd") is not None:
-        check_demux_bwd(inputs, gather, gen, "triton")
+        check_demux_bwd(inputs, gather, gen, "triton", dtype=bf16)
 
 
 # ---------------------------------------------------------------------------
@@ -328,8 +334,8 @@ def test_opcheck_cuda(dtype, gen):
     a, c, w, b, index, position = demux_inputs(gen, (2, 3, 4, 96, 1), dtype)
     for gather in GATHERS:
         args = (a, c, w, b, EPS, gather, index, position)
-        u = op("demux_gather_fwd")(*args)
-        torch.library.opcheck(op("demux_gather_fwd"), args)
+        u = op("demux_gather_fwd")(*args, dtype)
+        torch.library.opcheck(op("demux_gather_fwd"), (*args, dtype))
         torch.library.opcheck(op("demux_gather_bwd"), (torch.randn_like(u), *args))
 
 
@@ -338,7 +344,7 @@ def test_compile_fullgraph_inductor(gen):
     a, c, w, b, _, _ = demux_inputs(gen, (2, 3, 4, 64, 2), torch.float32)
 
     def f(a, c, w, b):
-        u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0)
+        u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0, c.dtype)
         return op("demux_gather_bwd")(u * 2.0, a, c, w, b, EPS, "token", None, 0)[1] + 1.0
 
     compiled = torch.compile(f, fullgraph=True)
@@ -350,7 +356,7 @@ def test_side_stream(gen):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        out = op("demux_gather_fwd")(*inputs[:4], EPS, "token", *inputs[4:])
+        out = op("demux_gather_fwd")(*inputs[:4], EPS, "token", *inputs[4:], torch.bfloat16)
     stream.synchronize()
     want = demux_reference("token", inputs[4], inputs[5])(*(t.double() for t in inputs[:4]))
     check(out, want, "u")
@@ -359,7 +365,7 @@ def test_side_stream(gen):
 def test_too_wide_rows_are_an_error(gen):
     a, c, w, b, _, _ = demux_inputs(gen, (1, 2, 2, 8193, 1), torch.float32)
     with pytest.raises(RuntimeError, match=r"d = c\.size\(2\) must be at most 8192"):
-        op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0)
+        op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0, c.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -377,7 +383,7 @@ def test_demux_gather_fwd_beyond_2_31(gen):
     groups, n, length, d = 2, 64, 16400, 1024  # u has 2.15e9 elements
     needs_free_bytes(2 * groups * n * length * d * 2)
     a, c, w, b, _, _ = demux_inputs(gen, (groups, n, length, d, groups), torch.bfloat16)
-    u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0)
+    u = op("demux_gather_fwd")(a, c, w, b, EPS, "token", None, 0, c.dtype)
     torch.cuda.synchronize()
     assert u.numel() > 2**31
     # The last instance of the last group, whose rows lie beyond 2^31, and the first rows.

@@ -67,7 +67,7 @@ def test_gather_forward_backward(kernels, shape, dtype, gather, shared_a):
     dg, _ = kernels
     a, c, w, b, index = gather_inputs(shape, dtype, gather, shared_a)
     position = shape[1]
-    u = dg.demux_gather_fwd(a, c, w, b, EPS, gather, index, position)
+    u = dg.demux_gather_fwd(a, c, w, b, EPS, gather, index, position, c.dtype)
 
     def reference(*inputs):
         return ref.demux_gather(*inputs, EPS, gather, index, position)
@@ -91,7 +91,7 @@ def test_project_forward(kernels, shape, dtype, gather):
     d = shape[3]
     pw = randn(17, d, dtype=dtype, seed=7, scale=d**-0.5)
     pb = randn(17, dtype=dtype, seed=8)
-    logits = dg.demux_project_fwd(a, c, w, b, EPS, gather, index, shape[1], pw, pb)
+    logits = dg.demux_project_fwd(a, c, w, b, EPS, gather, index, shape[1], pw, pb, c.dtype)
     u = ref.demux_gather(*float64(a, c, w, b), EPS, gather, index, shape[1])
     assert logits.dtype == dtype
     # The kernel feeds tl.dot with u rounded to the data's dtype, as the reference rounds u.
@@ -137,7 +137,7 @@ def test_token_forward_with_more_than_2_31_elements(kernels):
     dg, _ = kernels
     shape = (420, 40, 169, 768)
     a, c, w, b, _ = gather_inputs(shape, torch.bfloat16, "token")
-    u = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0)
+    u = dg.demux_gather_fwd(a, c, w, b, EPS, "token", None, 0, c.dtype)
     assert u.numel() > 2**31
     expected = ref.demux_gather(*float64(a[-1:], c[-1:], w, b), EPS, "token", None, 0)
     assert_close(u[-1:], expected)
