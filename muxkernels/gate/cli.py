@@ -19,7 +19,11 @@ from . import collect, cuda_launches, triton_launches
 NS = (2, 5, 10, 20, 40)
 WIDTHS = (768, 4096)
 GROUPS, LENGTH = 64, 128  # the benchmark's B' and L
-MODES = ("fwd", "bwd", "bwd+params")
+# Triton: each run is a forward and a backward (every forward specialisation is also a
+# training one), with gradients of the data only or of every input too. CUDA launchers are
+# called one by one.
+TRITON_MODES = ("fwd+bwd", "fwd+bwd+params")
+CUDA_MODES = ("fwd", "bwd", "bwd+params")
 CUDA_OPS = ("hadamard_mux", "embed_mux", "index_demux", "index_demux_sequence",
             "index_demux_selected", "index_pos_demux")  # fmt: skip
 
@@ -68,7 +72,7 @@ def _triton_configs(args: argparse.Namespace) -> list:
         triton_launches.Config(op, mode, dtype, n, d)
         for op in args.ops
         if "triton" in workloads.kernel_backends(op)
-        for mode in MODES
+        for mode in TRITON_MODES
         for dtype in args.dtypes
         for n in args.n
         for d in args.d
@@ -80,7 +84,7 @@ def _cuda_configs(args: argparse.Namespace) -> list:
         cuda_launches.CudaConfig(op, mode, data, params, n, d)
         for op in args.ops
         if op in CUDA_OPS
-        for mode in (("fwd",) if op == "embed_mux" else MODES)
+        for mode in (("fwd",) if op == "embed_mux" else CUDA_MODES)
         for data, params in (triton_launches.DTYPE_NAMES[name] for name in args.dtypes)
         for n in args.n
         for d in args.d

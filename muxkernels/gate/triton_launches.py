@@ -31,7 +31,7 @@ class Config:
     """One op run: op, mode, dtype configuration (a ``DTYPE_NAMES`` key), N and d."""
 
     op: str
-    mode: str  # "fwd", "bwd" (data gradients only) or "bwd+params" (every input learns)
+    mode: str  # "fwd+bwd" (gradients of the data) or "fwd+bwd+params" (of every input)
     dtype: str
     n: int
     d: int
@@ -148,14 +148,11 @@ def _run(config: Config, sizes_for: Callable) -> None:
         k: t.to(param_dtype) if k not in DATA_INPUTS and t.is_floating_point() else t
         for k, t in w.inputs.items()
     }
-    learning = {"fwd": (), "bwd": w.trainable, "bwd+params": tuple(inputs)}[config.mode]
+    learning = {"fwd+bwd": w.trainable, "fwd+bwd+params": tuple(inputs)}[config.mode]
     for k in learning:
         if inputs[k].is_floating_point():
             inputs[k].requires_grad_()
-    with torch.set_grad_enabled(bool(learning)):
-        out = w.impls["triton"](inputs)
-    if learning:
-        _backward(out)
+    _backward(w.impls["triton"](inputs))
 
 
 def _backward(out: torch.Tensor) -> None:
