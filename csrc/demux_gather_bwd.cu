@@ -3,17 +3,18 @@
 //
 // Main kernel: block (g, s) takes the tiles s, s + S, ... of group g (S = splits), each
 // tile R rows (g, t) for R consecutive positions t, each row held by the threads of one
-// threadIdx.y (ITEMS packs per thread, at most 16 elements, so that the dc, d_ln_weight and
+// threadIdx.y (ITEMS packs per thread, at most 8 elements, so that the dc, d_ln_weight and
 // d_ln_bias accumulators stay in registers; c and a are read from L1 where needed). For
 // each instance i every row recomputes z = a + c, x and rstd, loads du, and computes dz;
-// dc accumulates in registers over i. For the token and sequence gathers the R rows' dz meet in shared
-// memory and the block adds them, in a fixed order, to its own running da_partial[g, s, i]
-// (written on its first tile, then read back and added to by the same threads: it stays
-// in L2, and memory sees S partial rows per (g, i) rather than one per tile). The
-// selected gather writes dz to a workspace instead and a second kernel sums, for each
-// (g, i), the rows that selected i. The LayerNorm parameter gradients are summed over the
-// block's rows the same way at the end. No atomics: every sum has a fixed order. Only
-// CUDA headers are included here (no torch/ATen).
+// dc accumulates in registers over i. For the token and sequence gathers the R rows' dz
+// meet in shared memory and the block adds them, in a fixed order, to its own running
+// da_partial[g, s, i] (written on its first tile, then read back and added to by the same
+// threads: it stays in L2, and memory sees S partial rows per (g, i) rather than one per
+// tile). The selected gather writes dz to a workspace instead and a second kernel sums,
+// for each (g, i), the rows that selected i. The LayerNorm parameter gradients are summed
+// over the block's rows the same way at the end. No atomics: every sum has a fixed order.
+// c and dc are in the data's dtype or float32 (float32 for half data). Only CUDA headers
+// are included here (no torch/ATen).
 
 #include "demux_gather_bwd.h"
 
@@ -215,7 +216,9 @@ __global__ void __launch_bounds__(Policy<VEC>::kThreads, Policy<VEC>::kMinBlocks
     if (active) {
 #pragma unroll
       for (int j = 0; j < ITEMS; ++j) {
-        if (pack_of(j) < packs) detail::store_param<T, VEC>(p.dc, c_row * p.d + pack_of(j) * VEC, dc[j]);
+        if (pack_of(j) < packs) {
+          detail::store_param<T, VEC>(p.dc, c_row * p.d + pack_of(j) * VEC, dc[j]);
+        }
       }
     }
   }

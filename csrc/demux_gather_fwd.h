@@ -1,6 +1,6 @@
 // Index-demultiplex gather core, forward: the CUDA launcher, for plain C++.
 //
-// SPEC section 3 (and 5): u[g, i, t] = LN(gelu(a[g', i] + c[g, t])) with exact (erf) gelu
+// docs/design.md §3 (and §5): u[g, i, t] = LN(gelu(a[g', i] + c[g, t])) with exact gelu
 // and an affine LayerNorm over the d features (biased variance, eps inside the sqrt),
 // g' = g when a has `groups` groups and g' = 0 when it has one (broadcast). Gathers:
 //   kToken    : every i and t                   out (groups, n, len, d)
@@ -41,8 +41,8 @@ struct DemuxGatherArgs {
 };
 
 // Whether `args` is supported: dtype float16, bfloat16 or float32 (float64 has no
-// kernel), a, c and the parameters in that dtype or float32, sizes >= 1, d <= kMaxDemuxD, a_groups 1 or
-// groups, sequence_position in range for kSequence, and an index for kSelected.
+// kernel), a, c and the parameters in that dtype or float32, sizes >= 1, d <= kMaxDemuxD,
+// a_groups 1 or groups, sequence_position in range for kSequence, and an index for kSelected.
 constexpr int64_t kMaxDemuxD = 8192;
 bool demux_gather_supported(const DemuxGatherArgs& args);
 

@@ -338,8 +338,8 @@ __device__ __forceinline__ float center_row(float (&x)[ITEMS][VEC], int64_t pack
 // ---------------------------------------------------------------------------
 // Dispatch: run-time choices to template arguments. Each takes a callable
 // receiving a tag (an element type, or std::integral_constant). The LayerNorm
-// kernels leave float64 out (dispatch_dtype<false>): bindings.cpp runs float64
-// through ATen ops instead, which keeps the build short.
+// kernels leave float64 out (dispatch_dtype<false>): the bindings (csrc/bindings/) run
+// float64 through ATen ops instead, which keeps the build short.
 // ---------------------------------------------------------------------------
 template <bool WITH_DOUBLE = true, typename F>
 cudaError_t dispatch_dtype(DType t, F&& f) {

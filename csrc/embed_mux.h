@@ -1,6 +1,6 @@
 // Fused embedding + hadamard multiplex front end: the CUDA launcher, for plain C++.
 //
-// SPEC section 1, "optional fused front end" (muxkernels.reference.embed_mux):
+// docs/design.md §1, "optional fused front end" (muxkernels.reference.embed_mux):
 //   e[g, i, t] = LN(word[ids[g, i, t]] + pos[position_ids[g, i, t]]
 //                   + type[token_type_ids[g, i, t]])
 //   m[g, t]    = (1 / n) sum_i v[i] * e[g, i, t]

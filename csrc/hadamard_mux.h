@@ -1,6 +1,6 @@
 // Hadamard (vector) multiplex forward: the CUDA launcher, declared for plain C++.
 //
-// SPEC section 1, vector transforms:
+// docs/design.md §1, vector transforms:
 //   E   : (groups, n, len, d) contiguous       ("embeddings", B' x N x L x d)
 //   v   : (n, d) contiguous                    ("vectors")
 //   out : (groups, len, d) contiguous

@@ -1,6 +1,6 @@
 // Hadamard (vector) multiplex backward: the CUDA launcher, declared for plain C++.
 //
-// SPEC section 1, gradients of x[g, t] = (1 / n) sum_i v[i] * E[g, i, t]:
+// docs/design.md §1, gradients of x[g, t] = (1 / n) sum_i v[i] * E[g, i, t]:
 //   dx      : (groups, len, d) contiguous       ("grad_out", the gradient of x)
 //   E       : (groups, n, len, d) contiguous    ("embeddings")
 //   v       : (n, d) contiguous                 ("vectors")

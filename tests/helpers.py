@@ -190,7 +190,8 @@ def multiplex_tables() -> tuple[tuple[str, ...], dict, dict, dict]:
 
 
 def mlp_reference(pre, bias, ln_weight, ln_bias, eps):
-    """SPEC section 4 from pre = h @ W_stackᵀ: u[:, i] = LN_i(gelu(pre[..., i·d:(i+1)·d] + b_i))."""
+    """docs/design.md §4 from pre = h @ W_stackᵀ:
+    u[:, i] = LN_i(gelu(pre[..., i·d:(i+1)·d] + b_i))."""
     groups, length, _ = pre.shape
     n, d = bias.shape
     z = pre.view(groups, length, n, d).transpose(1, 2) + bias[:, None, :]

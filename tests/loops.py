@@ -1,8 +1,8 @@
-"""Slow, obviously-correct per-element loops written straight from SPEC.md's formulas.
+"""Slow, obviously-correct per-element loops written straight from the formulas of docs/design.md.
 
 An oracle for the oracle: every function reads its inputs as float64 Python scalars and
 spells each sum out with explicit ``for`` loops, sharing nothing with ``muxkernels``.
-Shapes follow SPEC: E is (B', N, L, d), h is (B', L', d), W is (d, 2d).
+Shapes follow docs/design.md: E is (B', N, L, d), h is (B', L', d), W is (d, 2d).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fused front end (SPEC section 1): reference and functional op against the loop,
+"""The fused front end (docs/design.md §1): reference and functional op against the loop,
 against the published "embedding module called twice" flow, gradcheck, and bad inputs."""
 
 from __future__ import annotations

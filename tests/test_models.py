@@ -1,6 +1,6 @@
 """muxkernels.models: the multiplexed model wrapper against the published forward pass.
 
-The published DataMUX forward (SPEC sections 1-3) is transcribed below in plain PyTorch, in
+The published DataMUX forward (docs/design.md §1-3) is transcribed below in plain PyTorch, in
 the published code's own style (prefix block repeated per group, view/expand/cat, rows
 g·N+i from viewing (B', N, …) as (B'·N, …)), on a model whose every parameter is random.
 Everything runs in float64 and on the reference backend.

@@ -33,3 +33,15 @@ def test_no_file_has_merge_conflict_markers():
         if line.startswith(MARKERS)
     ]
     assert not conflicted, f"unresolved merge conflict markers at {', '.join(conflicted)}"
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run's last line is the README's test command, word for word."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(
+        line
+        for line in readme.splitlines()
+        if line.startswith("bash scripts/install.sh &&") and "pytest" in line
+    )
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == command

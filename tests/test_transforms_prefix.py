@@ -1,4 +1,4 @@
-"""Transform initialisers (SPEC section 1) and the index prefix / batch padding (section 2)."""
+"""Transform initialisers (docs/design.md §1) and the index prefix / batch padding (section 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Triton kernels for the demultiplex core u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) (SPEC 3, 5).
+"""Triton kernels for the demux core u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) (docs/design.md §3, §5).
 
 Operators ``demux_gather_fwd``, ``demux_gather_bwd`` and ``demux_project_fwd`` (schemas and
 semantics in ``muxkernels._opdefs``). a is (Ga, N, d) with Ga = B' or 1 (then a is shared by

@@ -1,4 +1,4 @@
-"""Triton hadamard multiplex, forward and backward (SPEC section 1).
+"""Triton hadamard multiplex, forward and backward (docs/design.md §1).
 
     x[g,t,:]  = (1/N) Σ_i v[i,:] ⊙ E[g,i,t,:]
     dE[g,i,t] = (1/N) v_i ⊙ dx[g,t];   dv_i = (1/N) Σ_{g,t} E[g,i,t] ⊙ dx[g,t]

@@ -1,4 +1,4 @@
-"""Triton kernels for the MLP demultiplexer's activation (SPEC section 4).
+"""Triton kernels for the MLP demultiplexer's activation (docs/design.md §4).
 
 Operators ``mlp_demux_fwd`` and ``mlp_demux_bwd`` (schemas in ``muxkernels._opdefs``).
 pre (B', L, N·d) = h @ [W_1; …; W_N]ᵀ is one GEMM done outside; branch i reads the

@@ -1,4 +1,4 @@
-"""Triton matrix multiplex (SPEC section 1): dense ``ortho`` and factored ``ortho_lowrank``.
+"""Triton matrix multiplex (docs/design.md §1): dense ``ortho`` and factored ``ortho_lowrank``.
 
     ortho:    x[g,t] = s Σ_i P[i] E[g,i,t],  s = N^(-1/2)
               dE[g,i,t] = s P[i]ᵀ dx[g,t];   dP[i] = s Σ_{g,t} dx[g,t] E[g,i,t]ᵀ

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import hopper, sass
 
-# Kernels that move memory rather than compute (SPEC "Floors"): for bf16 data at d = 768,
+# Kernels bound by the bytes they move, not by arithmetic: for bf16 data at d = 768,
 # every global load and store in their hot loops must be 128 bits wide and the SM must
 # keep IN_FLIGHT_TARGET bytes of loads in flight.
 MEMORY_BOUND = (

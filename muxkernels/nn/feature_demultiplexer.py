@@ -23,7 +23,7 @@ class FeatureDemultiplexer(nn.Module):
     """N branches on h (B', d) → u (B'·N, d); row g·N+i is branch i applied to group g.
 
     - ``"gelu_layernorm"`` (default): u_i = LN_i(gelu(W_i h + b_i)), DataMUX's MLP
-      demultiplexer (design §4), computed by ``mlp_demux``.
+      demultiplexer (docs/design.md §4), computed by ``mlp_demux``.
     - ``"tanh"``: u_i = tanh(W_i h + b_i), the vision notebook's ``DCs`` branches: one GEMM
       with the stacked (N·d × d) weight, then tanh.
 
