@@ -42,7 +42,7 @@ RESOURCES = """
 """
 # The same loop as nvdisasm prints it: branch targets are labels.
 NVDISASM = """
-//--------------------- .text.loop_kernel --------------------------
+//--------------------- .text.loop_kernel          --------------------------
         /*0000*/                   MOV R1, c[0x0][0x28] ;
 .L_x_0:
         /*0040*/               @P0 LDG.E.128 R4, desc[UR4][R2.64] ;

@@ -1,11 +1,11 @@
 """Pieces shared by the demux kernels: exact gelu, LayerNorm forward/backward, launch sizes.
 
-A row of d values is held as two power-of-two column blocks, so that common widths waste
-no lanes (768 = 512 + 256, 3072 = 2048 + 1024, 4097 = 4096 + 1):
-- lo = columns [0, BLOCK_LO), BLOCK_LO the largest power of two below d (1 when d = 1),
-  always inside the row, so it needs only a row mask;
-- hi = columns [BLOCK_LO, BLOCK_LO + BLOCK_HI), BLOCK_HI = next_pow2(d - BLOCK_LO),
-  masked to d (``hi_mask``).
+A row of d values is held as two power-of-two column blocks:
+- lo = columns [0, BLOCK_LO), BLOCK_LO <= d, always inside the row, so it needs only a row
+  mask;
+- hi = columns [BLOCK_LO, BLOCK_LO + BLOCK_HI), masked to d (``hi_mask``).
+Forward kernels split so that common widths waste no lanes (768 = 512 + 256, 3072 = 2048 +
+1024, 4097 = 4096 + 1: ``split_width``), backward kernels in equal halves (``row_tiles``).
 Row tiles are 2D (rows, columns); values at masked positions are loaded as 0 and every
 helper keeps them at 0. Arithmetic is in ``ACC`` (float32, or float64 for float64 data).
 """
@@ -42,15 +42,21 @@ def row_tiles(
     """(BLOCK_LO, BLOCK_HI, rows per tile, num_warps) of a kernel over (rows, d) tiles.
 
     A tile holds about TILE_ELEMENTS values (half that in float64) and at most
-    next_pow2(rows) rows; a thread gets about 24 of them forward and 12 backward (which
-    keeps more tensors live), half that in float64. On sm_90 this gives the token kernels
-    at d = 768 4 rows and 4 warps forward (128 registers, each row inside one warp) and
-    8 warps backward, without spills.
+    next_pow2(rows) rows; a thread gets about 24 of them forward and 16 backward (which
+    keeps more tensors live), half that in float64. Forward rows are split as
+    ``split_width`` (768 = 512 + 256: no idle lanes). Backward rows are split in two equal
+    halves of next_pow2(d), the second masked (768 = 512 + 512): with the fewer values a
+    thread can hold there, an uneven split leaves the short block too few values per thread
+    for 16-byte vectors, and Triton would load it 8 bytes at a time. On sm_90 at d = 768
+    this gives the token kernels 4 rows, 4 warps and 119 registers forward, 8 warps and 229
+    registers backward, 128-bit loads and stores and no spills (``muxkernels gate``).
     """
     lo, hi = split_width(d)
+    if backward and d > 1:
+        lo = hi = triton.next_power_of_2(d) // 2
     wide = 2 if acc == torch.float64 else 1
     block_rows = row_block(lo + hi, rows, TILE_ELEMENTS // wide)
-    per_thread = (12 if backward else 24) // wide
+    per_thread = (16 if backward else 24) // wide
     tile = block_rows * (lo + hi)
     return lo, hi, block_rows, min(16, triton.next_power_of_2(triton.cdiv(tile, 32 * per_thread)))
 

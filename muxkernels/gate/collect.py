@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from . import sass
@@ -124,9 +125,10 @@ def triton_variants(configs: list, sizes: tuple[int, int], jobs: int) -> list[Va
     if not shares:
         return []
     interpret = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        with multiprocessing.get_context("spawn").Pool(len(shares)) as pool:
-            parts = pool.starmap(_triton_share, [(share, sizes) for share in shares])
+    spawn = multiprocessing.get_context("spawn")
+    try:  # a worker that dies (a crash in a compiler) raises here instead of hanging
+        with ProcessPoolExecutor(len(shares), mp_context=spawn) as pool:
+            parts = list(pool.map(_triton_share, shares, [sizes] * len(shares)))
     finally:
         if interpret is not None:
             os.environ["TRITON_INTERPRET"] = interpret

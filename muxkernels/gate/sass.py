@@ -21,7 +21,7 @@ import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 
-_FUNCTION = re.compile(r"^\s*Function\s*:?\s*(\S+?):?\s*$|^//-+ \.text\.(\S+) -+$")
+_FUNCTION = re.compile(r"^\s*Function\s*:?\s*(\S+?):?\s*$|^//-+ \.text\.(\S+)\s+-+$")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _RESOURCES = re.compile(
     r"REG:(?P<reg>\d+)\s+STACK:(?P<stack>\d+)\s+SHARED:(?P<shared>\d+)\s+LOCAL:(?P<local>\d+)"
