@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .._cli_args import HelpFormatter, positive_int, run_or_report
+from ..bench.vision import IMAGE_OPS
 from ..bench.workloads import OPS
 from . import collect, cuda_launches, triton_launches
 
@@ -24,6 +25,9 @@ GROUPS, LENGTH = 64, 128  # the benchmark's B' and L
 # called one by one.
 TRITON_MODES = ("fwd+bwd", "fwd+bwd+params")
 CUDA_MODES = ("fwd", "bwd", "bwd+params")
+# The ops with kernels of their own: the image multiplexer modes run the ortho_mux and
+# hadamard_mux kernels (or no kernel at all), so they add no kernel to compile.
+KERNEL_OPS = tuple(op for op in OPS if op not in IMAGE_OPS)
 CUDA_OPS = ("hadamard_mux", "embed_mux", "index_demux", "index_demux_sequence",
             "index_demux_selected", "index_pos_demux")  # fmt: skip
 
@@ -58,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="hidden sizes d (default: %(default)s)",
     )
     parser.add_argument(
-        "--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to compile (default: all)"
+        "--ops",
+        nargs="+",
+        choices=KERNEL_OPS,
+        default=list(KERNEL_OPS),
+        help="ops to compile (default: all)",
     )
     parser.add_argument("--dtypes", nargs="+", choices=list(triton_launches.DTYPES),
                         default=list(triton_launches.DTYPES),

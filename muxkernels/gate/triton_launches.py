@@ -86,6 +86,7 @@ def compile_only(record: Callable[[str, tuple, object], None]) -> Iterator[None]
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
+    from .. import _checks
     from .._triton import _registry
     from .._triton import load as load_triton
 
@@ -116,6 +117,7 @@ def compile_only(record: Callable[[str, tuple, object], None]) -> Iterator[None]
             mock.patch.object(JITFunction, "run", compile_instead),
             mock.patch.object(_registry, "on_device", lambda t: contextlib.nullcontext()),
             mock.patch("torch.cuda.get_device_properties", return_value=properties),
+            mock.patch.object(_checks, "data_checks_run", lambda t: False),  # fake: no values
             FakeTensorMode(),
         ):
             yield
