@@ -24,19 +24,22 @@
 #          Ns in a later lease: BENCH_ARGS="--n 5 10 20 --resume saved/results.json" (a
 #          saved run copied into the tree; its end-to-end rows are kept).
 #
-# The bench's default set, BENCH_SET = every op at N in {2, 40} and the end-to-end run at
-# every N, is sized to end well inside its time. On an H200, per (op, N) (B'=64, L=128,
+# The bench's default set, BENCH_SET = every sequence op at N in {2, 40} and the end-to-end
+# run at every N, is sized to end well inside its time. On an H200, per (op, N) (B'=64, L=128,
 # d=768, bf16): about 13 timings (3 modes x 3-5 implementations, 3.8 on average, + the
 # copy and matmul ceilings), each a warm-up call, a graph capture and do_bench (5 ms
 # warm-up + 25 ms measured + 5 estimate calls, each after a 256 MB L2 flush) ~ 35 ms, so
 # ~0.5 s; torch.compile of the reference (its caches reset per workload): an inference
 # graph and a training graph, 3 inductor compiles at ~2 s with 16 workers, ~6 s. So ~7 s
 # per (op, N), 20 of them ~140 s; once per run, inductor's start ~15 s and Triton's JIT
-# of our kernels ~20 s (~1 s per specialisation); the end-to-end run ~20 s (2 tasks x 15
-# configurations x ~8 passes of <= 40 ms, plus set-up). About 195 s, against a bench
+# of our kernels ~20 s (~1 s per specialisation); the end-to-end run ~30 s (3 tasks x 15
+# configurations x ~8 passes of <= 40 ms, plus set-up). About 205 s, against a bench
 # limit of ~320 s when the build takes ~60 s and the tests ~120 s, and 180 s when both
 # use all their time (then the deadline stops it early and lists what it left). The
 # bench log gives each (op, N)'s seconds, to check these numbers on the first run.
+# The image multiplexer ops run the same kernels at image shapes; measure them in a later
+# lease: BENCH_ARGS="--ops image_mux_gaussian image_mux_learnable image_mux_nonlinear_expand
+# image_mux_so_n image_mux_learnable_w image_mux_hadamard --no-e2e".
 #
 # Output, in $OUT when set (the GPU machine returns at most 8 files from it), else
 # ./gpu_check_out: summary.txt (one line per step, then the bench's short tables),
@@ -64,7 +67,8 @@ SUMMARY_S=${GPU_CHECK_SUMMARY_S:-20} # reading the bench's results for the summa
 KILL_AFTER_S=10 # a step that ignores the timeout's TERM is killed this much later
 MAX_FILES=8     # the GPU machine returns at most 8 files, at most two folders deep
 MAX_LOG_BYTES=$((15 * 1024 * 1024)) # and each file at most 16 MiB
-BENCH_SET="--n 2 40"
+BENCH_SET="--n 2 40 --ops hadamard_mux index_demux index_demux_logits embed_mux ortho_mux \
+lowrank_ortho_mux index_demux_sequence index_demux_selected index_pos_demux mlp_demux"
 
 OUT_DIR="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT_DIR"
