@@ -17,7 +17,18 @@ import pytest
 import torch
 from helpers import REFERENCE, assert_close
 
-from muxkernels.bench import MODES, OPS, Sizes, cli, microbench, report, run, timing, workloads
+from muxkernels.bench import (
+    MODES,
+    OPS,
+    Sizes,
+    cli,
+    end_to_end,
+    microbench,
+    report,
+    run,
+    timing,
+    workloads,
+)
 
 TINY = Sizes(groups=1, length=3, d=8, dtype=torch.float32)
 TINY_ARGS = ["--device", "cpu", "--groups", "1", "--length", "3", "--d", "8"]
@@ -137,6 +148,23 @@ def test_cpu_implementations_are_timed_in_interleaved_rounds(monkeypatch):
     assert order == impls * timing.CPU_ROUNDS
     # eager got 1, 4, 7, 10, 13 ms: its median is 7
     assert {r.impl: r.ms for r in rows} == {"eager": 7.0, "published": 8.0, "cpu": 9.0}
+
+
+def test_cpu_end_to_end_passes_are_timed_in_interleaved_rounds(monkeypatch):
+    """The end-to-end passes compared in one table are timed in turn too, ``CPU_ROUNDS``
+    times, each keeping the median of its rounds; one pass out of memory gives NaN."""
+    order, ms = [], iter(range(1, 100))
+
+    def fake(pipeline, ids, device):
+        order.append(pipeline)
+        return math.nan if pipeline == "oom" else float(next(ms))
+
+    monkeypatch.setattr(end_to_end, "_time_pass", fake)
+    passes = {key: (key, None) for key in ("baseline", "ours", "oom")}
+    times = end_to_end.time_passes(passes, torch.device("cpu"))
+    assert order == list(passes) * timing.CPU_ROUNDS
+    # baseline got 1, 3, 5, 7, 9 ms and ours 2, 4, 6, 8, 10 ms
+    assert times["baseline"] == 5.0 and times["ours"] == 6.0 and math.isnan(times["oom"])
 
 
 def test_cpu_run_uses_one_thread_unless_told_and_restores_the_count(monkeypatch, fake_timer):

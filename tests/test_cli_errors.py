@@ -44,6 +44,7 @@ def fake_timer(monkeypatch):
         (["bench", "--length", "x"], "argument --length: 'x' is not an integer >= 1"),
         (["bench", "--d", "-1"], "argument --d: '-1' is not an integer >= 1"),
         (["bench", "--batch-sizes", "0"], "argument --batch-sizes: '0' is not an integer"),
+        (["bench", "--threads", "0"], "argument --threads: '0' is not an integer >= 1"),
         (["bench", "--budget-s", "-1"], "argument --budget-s: '-1' is not a number >= 0"),
         (["bench", "--budget-s", "nan"], "argument --budget-s: 'nan' is not a number >= 0"),
         (["bench", "--device", "tpu"], "argument --device: 'tpu' is not a device"),
