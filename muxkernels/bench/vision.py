@@ -49,6 +49,15 @@ CNN_MODE = "Gaussian"
 CNN_BATCH_SIZES = {"cuda": (256, 1024, 4096, 16384), "cpu": (16, 64, 256)}
 
 
+def image_backends(op: str) -> tuple[str, ...]:
+    """The kernel backends image multiplexer ``op`` runs on: those of ``ortho_mux`` for the
+    matrix modes, of ``hadamard_mux`` for the vector modes, none for the convolutions."""
+    mode = IMAGE_OPS[op][0]
+    if mode in ("SO(N)", "learnable-W"):
+        return ORTHO_BACKENDS
+    return HADAMARD_BACKENDS if mode == "gaussian_hadamard" else ()
+
+
 def image_workload(op: str, n: int, sizes: Sizes, device: torch.device) -> Workload:
     """The workload of image multiplexer ``op`` at N = ``n`` (see ``workloads.build``)."""
     from .workloads import Workload  # workloads lists these ops: imported here, not on top
@@ -66,10 +75,8 @@ def image_workload(op: str, n: int, sizes: Sizes, device: torch.device) -> Workl
         params = {k: x[k] for k, _ in mux.named_parameters()}
         return torch.func.functional_call(mux, params, (x["images"],))
 
-    backends = {"SO(N)": ORTHO_BACKENDS, "learnable-W": ORTHO_BACKENDS}.get(mode, ())
-    backends = HADAMARD_BACKENDS if mode == "gaussian_hadamard" else backends
     impls = {"eager": lambda x: call(x, "reference")}
-    impls.update({b: (lambda x, b=b: call(x, b)) for b in backends})
+    impls.update({b: (lambda x, b=b: call(x, b)) for b in image_backends(op)})
     impls["published"] = _published(mode, n, c, h * w)
     out_elements = groups * mux.out_channels * h * w
     traffic = (images.numel() + out_elements) * images.element_size()

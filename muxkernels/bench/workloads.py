@@ -22,7 +22,7 @@ from ..ops.mlp_demux import KERNEL_BACKENDS as MLP_BACKENDS
 from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
 from ..reference import lowrank_dense
 from . import published
-from .vision import IMAGE_OPS, image_workload
+from .vision import IMAGE_OPS, image_backends, image_workload
 
 Impl = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -294,6 +294,8 @@ def kernel_backends(op: str) -> tuple[str, ...]:
         return EMBED_BACKENDS
     if op == "mlp_demux":
         return MLP_BACKENDS
+    if op in IMAGE_OPS:
+        return image_backends(op)
     return DEMUX_BACKENDS
 
 
