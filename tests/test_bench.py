@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import re
 import subprocess
 import sys
@@ -128,6 +129,18 @@ def test_every_workload_compiles_its_own_graphs(monkeypatch):
         for mode in ("fwd", "fwd+bwd"):
             microbench.timed_call(w, "compiled", mode)()
     assert counters["stats"]["unique_graphs"] == 12
+
+
+def test_cpu_runs_keep_freed_memory_and_say_so():
+    """On glibc the CPU bench keeps freed memory in the process (a 13 MB gradient made on
+    every call then reuses warm pages), and the results' sentence names the allocator."""
+    kept = timing.keep_freed_memory()
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert kept == "glibc keeping freed memory (mallopt)"
+    meta = cli._meta("muxkernels bench", torch.device("cpu"), TINY, None)
+    assert meta["allocator"] == kept
+    if kept:
+        assert f", {kept} on " in report.describe(meta)
 
 
 def test_time_call_on_the_cpu_takes_a_median():

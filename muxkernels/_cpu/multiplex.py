@@ -29,7 +29,13 @@ def ortho_mux(embeddings: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     groups, n, length, d = embeddings.shape
     rows = embeddings.transpose(1, 2).reshape(groups * length, n * d)
     stacked = matrices.transpose(1, 2).reshape(n * d, d)
-    return torch.mm(rows, stacked).mul_(1.0 / math.sqrt(n)).view(groups, length, d)
+    return _scaled_mm(rows, stacked, 1.0 / math.sqrt(n)).view(groups, length, d)
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """scale · (a @ b), the scale applied by the GEMM itself (beta = 0: the addend is
+    never read)."""
+    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=scale)
 
 
 def lowrank_ortho_mux(embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -45,7 +51,7 @@ def lowrank_ortho_mux(embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor
     blocks = h.view(d, n, width // n).transpose(0, 1)  # (N, d, c)
     per_instance = embeddings.transpose(0, 1).reshape(n, groups * length, d)
     z = torch.bmm(per_instance, blocks).transpose(0, 1).reshape(groups * length, width)
-    return torch.mm(z, u.t()).mul_(1.0 / math.sqrt(n)).view(groups, length, d)
+    return _scaled_mm(z, u.t(), 1.0 / math.sqrt(n)).view(groups, length, d)
 
 
 def embed_mux(

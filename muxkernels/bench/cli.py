@@ -40,7 +40,7 @@ from .._cli_args import (
     positive_int,
     run_or_report,
 )
-from . import end_to_end, microbench, report, vision
+from . import end_to_end, microbench, report, timing, vision
 from .workloads import MODES, OPS, Sizes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -161,6 +161,7 @@ def _meta(
             "images": list(sizes.images),
         },
         "end_to_end_size": vars(e2e_size).copy() if e2e_size else None,
+        "allocator": None if gpu else timing.keep_freed_memory(),
         "unmeasured": [],
         "errors": [],
     }

@@ -228,8 +228,9 @@ def describe(meta: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {meta[k]}" for k in ("torch", "triton", "cuda") if meta.get(k))
     commit = f" (commit {meta['commit']})" if meta.get("commit") else ""
     backends = ", ".join(meta.get("backends") or ["none"])
+    allocator = f", {meta['allocator']}" if meta.get("allocator") else ""
     return (
-        f"Measured on {meta['device']} on {meta['date']} with {versions}, muxkernels "
+        f"Measured on {meta['device']}{allocator} on {meta['date']} with {versions}, muxkernels "
         f"{meta['muxkernels']}{commit}, kernel backends usable: {backends}; by "
         f"`{meta['command']}`."
     )

@@ -7,12 +7,15 @@ per op, the same for every implementation) does not hide the kernels; a call tha
 be captured is timed directly, and the result says which. On the CPU, times are
 ``torch.utils.benchmark`` medians. A copy of the op's own byte count gives the bandwidth
 ceiling and ``torch.matmul`` of the op's GEMM shape the compute ceiling. On the CPU,
-implementations compared side by side are timed in interleaved rounds (``rounds``).
+implementations compared side by side are timed in interleaved rounds (``rounds``), in a
+process whose allocator keeps freed memory (``keep_freed_memory``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ CPU_MIN_RUN_S = 0.02  # torch.utils.benchmark's minimum measuring time per timin
 # (interleaved), and each keeps the median of its rounds: the load of a shared machine
 # drifts over seconds, so timing one implementation after the other skews their ratios.
 CPU_ROUNDS = 5
+# glibc's mallopt parameters, and the size below which it may take a block from mmap: never
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _NEVER = -1, -3, 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,26 @@ def time_call(fn: Callable[[], object], device: torch.device, *, graph: bool = T
 
     timer = Timer("fn()", globals={"fn": fn})
     return Timing(timer.blocked_autorange(min_run_time=CPU_MIN_RUN_S).median * 1e3, "cpu")
+
+
+def keep_freed_memory() -> str | None:
+    """Make glibc keep freed memory in the process (no trimming of the heap, no mmap for
+    large blocks), for the rest of the process; returns a description, or None elsewhere.
+
+    By default glibc hands large blocks back to the kernel when they are freed, so a
+    tensor allocated on every call (the dense 13 MB gradient of an embedding table, say)
+    faults in fresh pages each time: on the CPU machine this made one backward 0.5 ms in
+    one run and 3 ms in the next, whichever implementation it was. Kept memory is reused
+    warm, as with the jemalloc or tcmalloc that PyTorch's CPU performance guide suggests,
+    and every implementation gets the same allocator."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+    if not (mallopt(_M_MMAP_THRESHOLD, _NEVER) and mallopt(_M_TRIM_THRESHOLD, _NEVER)):
+        return None
+    return "glibc keeping freed memory (mallopt)"
 
 
 def rounds(device: torch.device) -> int:

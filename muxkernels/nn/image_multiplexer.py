@@ -28,6 +28,7 @@ saved model keeps them (the notebook held them in Python lists, outside its stat
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -166,21 +167,31 @@ class ImageMultiplexer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Multiplex ``images`` (B, C, H, W), B = B'·N, or (B', N, C, H, W) into
         (B', C_out, H, W)."""
-        grouped = self._grouped(images)
+        return self.mix(self._grouped(images), self._parameters, self.backend)
+
+    def mix(
+        self, grouped: torch.Tensor, transforms: Mapping[str, torch.Tensor], backend: Backend
+    ) -> torch.Tensor:
+        """x[g] = Σ_i T_i(grouped[g, i]) for checked images (B', N, C, H, W), with the
+        transforms taken from ``transforms`` by their parameter names (``rop``, ``rop2``,
+        ``instance_embedding``; "rotation" uses its buffer): ``forward`` passes this
+        module's parameters, a caller other tensors of the same shapes (the benchmarks
+        time the layer's computation with their own leaves this way)."""
         if self.mode in CONV_MODES:
-            return self._convolve(grouped)
+            return self._convolve(grouped, transforms["rop"])
         if self.mode in TWO_LAYER_MODES:
-            return self._two_layer(grouped)
+            return self._two_layer(grouped, transforms["rop"], transforms["rop2"])
         if self.mode == "remap":
             return self._remap(grouped)
         b, n, c, h, w = grouped.shape
         pixels = grouped.reshape(b, n, c, h * w)
         if self.mode in VECTOR_MODES:
-            mixed = hadamard_mux(pixels, self.instance_embedding, backend=self.backend)
+            mixed = hadamard_mux(pixels, transforms["instance_embedding"], backend=backend)
         else:
-            matrices = self.rotation if self.mode == "rotation" else self.rop.transpose(1, 2)
+            rotates = self.mode == "rotation"
+            matrices = self.rotation if rotates else transforms["rop"].transpose(1, 2)
             # ortho_mux scales by N^(-1/2); the notebook sums plainly
-            mixed = ortho_mux(pixels, matrices, backend=self.backend) * math.sqrt(n)
+            mixed = ortho_mux(pixels, matrices, backend=backend) * math.sqrt(n)
         return mixed.reshape(b, c, h, w)
 
     def _grouped(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,18 +209,20 @@ class ImageMultiplexer(nn.Module):
             images, _ = pad_batch(images, self.num_instances)
         return group_batch("images", images, self.num_instances)
 
-    def _convolve(self, grouped: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, grouped: torch.Tensor, rop: torch.Tensor) -> torch.Tensor:
         """Σ_i conv(E_i, rop[i]) as one convolution of the N·C stacked channels."""
         b, n, c, h, w = grouped.shape
-        kernels = self.rop.to(grouped.dtype).transpose(0, 1)  # (C_out, N, C, 3, 3)
+        kernels = rop.to(grouped.dtype).transpose(0, 1)  # (C_out, N, C, 3, 3)
         weight = kernels.reshape(self.out_channels, n * c, KERNEL_SIZE, KERNEL_SIZE)
         return F.conv2d(grouped.reshape(b, n * c, h, w), weight, padding=KERNEL_SIZE // 2)
 
-    def _two_layer(self, grouped: torch.Tensor) -> torch.Tensor:
+    def _two_layer(
+        self, grouped: torch.Tensor, rop: torch.Tensor, rop2: torch.Tensor
+    ) -> torch.Tensor:
         """Σ_i tanh(conv(tanh(conv(E_i, rop[i])), rop2[i])): two grouped convolutions."""
         b, n, c, h, w = grouped.shape
-        first = self.rop.to(grouped.dtype).flatten(0, 1)  # (N·hidden, C, 3, 3)
-        second = self.rop2.to(grouped.dtype).flatten(0, 1)  # (N·C_out, hidden, 3, 3)
+        first = rop.to(grouped.dtype).flatten(0, 1)  # (N·hidden, C, 3, 3)
+        second = rop2.to(grouped.dtype).flatten(0, 1)  # (N·C_out, hidden, 3, 3)
         pad = KERNEL_SIZE // 2
         inner = torch.tanh(F.conv2d(grouped.reshape(b, n * c, h, w), first, padding=pad, groups=n))
         outer = torch.tanh(F.conv2d(inner, second, padding=pad, groups=n))
