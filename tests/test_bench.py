@@ -131,13 +131,15 @@ def test_every_workload_compiles_its_own_graphs(monkeypatch):
     assert counters["stats"]["unique_graphs"] == 12
 
 
-def test_cpu_runs_keep_freed_memory_and_say_so():
+def test_cpu_runs_keep_freed_memory_and_say_so(tmp_path, fake_timer):
     """On glibc the CPU bench keeps freed memory in the process (a 13 MB gradient made on
     every call then reuses warm pages), and the results' sentence names the allocator."""
     kept = timing.keep_freed_memory()
     if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
         assert kept == "glibc keeping freed memory (mallopt)"
-    meta = cli._meta("muxkernels bench", torch.device("cpu"), TINY, None)
+    argv = [*TINY_ARGS, "--no-e2e", "--ops", "hadamard_mux", "--n", "2", "--modes", "fwd"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["allocator"] == kept
     if kept:
         assert f", {kept} on " in report.describe(meta)

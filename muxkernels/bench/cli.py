@@ -124,7 +124,11 @@ def _commit() -> str | None:
 
 
 def _meta(
-    command: str, device: torch.device, sizes: Sizes, e2e_size: end_to_end.EncoderSize | None
+    command: str,
+    device: torch.device,
+    sizes: Sizes,
+    e2e_size: end_to_end.EncoderSize | None,
+    allocator: str | None,
 ) -> dict:
     try:
         import triton
@@ -161,7 +165,7 @@ def _meta(
             "images": list(sizes.images),
         },
         "end_to_end_size": vars(e2e_size).copy() if e2e_size else None,
-        "allocator": None if gpu else timing.keep_freed_memory(),
+        "allocator": allocator,
         "unmeasured": [],
         "errors": [],
     }
@@ -332,20 +336,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     gpu = device.type == "cuda"
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or (threads if gpu else 1))
+    allocator = None if gpu else timing.keep_freed_memory()
     try:
-        return _measure(args, argv, device)
+        return _measure(args, argv, device, allocator)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(args: argparse.Namespace, argv: list[str], device: torch.device) -> int:
-    """Everything a run measures, on ``device``, then its output."""
+def _measure(
+    args: argparse.Namespace, argv: list[str], device: torch.device, allocator: str | None
+) -> int:
+    """Everything a run measures, on ``device``, then its output; ``allocator`` is the
+    process's allocator setting, for the results' description."""
     start = time.monotonic()
     deadline = math.inf if args.budget_s is None else start + args.budget_s
     gpu = device.type == "cuda"
     sizes, size = _sizes(args, gpu), _encoder_size(args, gpu)
     command = " ".join(["muxkernels bench", *argv])
-    results = {"meta": _meta(command, device, sizes, size), "ops": [], "end_to_end": []}
+    meta = _meta(command, device, sizes, size, allocator)
+    results = {"meta": meta, "ops": [], "end_to_end": []}
     if args.resume:
         results = _resumed(report.read_json(args.resume), results["meta"])
     _log(report.describe(results["meta"]))
