@@ -30,6 +30,14 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
+def keep_torch_threads():
+    """Gives a test that sets torch's thread count (the demos do) the old count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def generator() -> torch.Generator:
     """A CPU generator with a fixed seed, fresh for each test."""
     return helpers.seeded(1234)

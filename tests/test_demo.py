@@ -6,18 +6,11 @@ import io
 import re
 
 import pytest
-import torch
 
 from muxkernels.__main__ import main
 from muxkernels.demo import Progress, default_steps, run_demo
 
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The demo sets torch's thread count; give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # the demos set it
 
 
 def test_quick_demo_prints_a_row_per_n_with_speedups():

@@ -16,12 +16,7 @@ from muxkernels.nn.image_multiplexer import PUBLISHED_MODES
 pytest.importorskip("sklearn", reason="the digits demo reads scikit-learn's data set")
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The demo sets torch's thread count; give the other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # the demos set it
 
 
 def test_the_split_holds_out_a_fifth_with_a_fixed_seed():
