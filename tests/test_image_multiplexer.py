@@ -136,17 +136,30 @@ def test_convolution_modes_run_one_convolution(monkeypatch, randn):
         assert len(calls) == layers and calls[0] == (3, 10, 6, 6)  # N·C = 10 channels
 
 
-def test_matrix_and_vector_modes_run_on_the_ops(monkeypatch, randn):
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_matrix_and_vector_modes_run_on_the_ops(monkeypatch, randn, backend):
+    """The matrix modes run ortho_mux (rescaled by √N), except on the cpu backend (auto's
+    choice for CPU tensors), whose GEMM takes the plain sum's scale of 1 itself; the vector
+    modes run hadamard_mux."""
     seen = []
-    for name in ("ortho_mux", "hadamard_mux"):
-        op = getattr(im, name)
-        monkeypatch.setattr(
-            im, name, lambda *a, op=op, name=name, **k: seen.append(name) or op(*a, **k)
-        )
+    spied = {im: ("ortho_mux", "hadamard_mux"), im._cpu: ("ortho_mux",)}
+    for module, names in spied.items():
+        for name in names:
+            op = getattr(module, name)
+            where = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
+
+            def spy(*a, op=op, where=where, **k):
+                seen.append((where, k.get("scale")))
+                return op(*a, **k)
+
+            monkeypatch.setattr(module, name, spy)
     grouped = randn(2, 3, 1, 4, 4)
     for mode in (*im.MATRIX_MODES, *im.VECTOR_MODES):
-        ImageMultiplexer(3, (1, 4, 4), mode, generator=0).double()(grouped)
-    assert seen == ["ortho_mux"] * 3 + ["hadamard_mux"] * 2
+        ImageMultiplexer(3, (1, 4, 4), mode, generator=0, backend=backend).double()(grouped)
+    matrix = ("image_multiplexer.ortho_mux", None)
+    if backend == "auto":
+        matrix = ("_cpu.ortho_mux", 1.0)
+    assert seen == [matrix] * 3 + [("image_multiplexer.hadamard_mux", None)] * 2
 
 
 @pytest.mark.parametrize("mode", IMAGE_MUX_MODES)

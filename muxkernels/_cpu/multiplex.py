@@ -21,21 +21,30 @@ def hadamard_mux(embeddings: torch.Tensor, vectors: torch.Tensor) -> torch.Tenso
     return torch.mul(embeddings, vectors.unsqueeze(1)).mean(1)
 
 
-def ortho_mux(embeddings: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """x = E' @ [P_1ᵀ; …; P_Nᵀ] / √N, one GEMM with inner dimension N·d, E' = E read as
-    (B'·L, N·d) (a permuted copy of E, or of nothing when B' = 1)."""
+def ortho_mux(
+    embeddings: torch.Tensor, matrices: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """x = scale · E' @ [P_1ᵀ; …; P_Nᵀ], one GEMM with inner dimension N·d, E' = E read as
+    (B'·L, N·d) (a permuted copy of E, or of nothing when B' = 1 or L = 1). ``scale`` is
+    N^(-1/2) by default; the image multiplexer's plain sum passes 1."""
     if embeddings.dtype not in OWN_DTYPES:
-        return ortho_mux(*to_float32(embeddings, matrices)).to(embeddings.dtype)
+        return ortho_mux(*to_float32(embeddings, matrices), scale).to(embeddings.dtype)
     groups, n, length, d = embeddings.shape
     rows = embeddings.transpose(1, 2).reshape(groups * length, n * d)
     stacked = matrices.transpose(1, 2).reshape(n * d, d)
-    return _scaled_mm(rows, stacked, 1.0 / math.sqrt(n)).view(groups, length, d)
+    scale = 1.0 / math.sqrt(n) if scale is None else scale
+    return _scaled_mm(rows, stacked, scale).view(groups, length, d)
+
+
+# addmm's addend for beta = 0 (never read): one per dtype, not a new tensor per call
+_ZERO = {dtype: torch.zeros((), dtype=dtype) for dtype in OWN_DTYPES}
 
 
 def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale · (a @ b), the scale applied by the GEMM itself (beta = 0: the addend is
-    never read)."""
-    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=scale)
+    """scale · (a @ b), the scale applied by the GEMM itself (a plain mm for scale 1)."""
+    if scale == 1.0:
+        return torch.mm(a, b)
+    return torch.addmm(_ZERO[a.dtype], a, b, beta=0, alpha=scale)
 
 
 def lowrank_ortho_mux(embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

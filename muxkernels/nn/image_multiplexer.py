@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import image_transforms, transforms
+from .. import _backend, _cpu, image_transforms, transforms
 from .._backend import Backend
 from .._checks import (
     check_dim,
@@ -46,7 +46,9 @@ from .._checks import (
     group_batch,
 )
 from ..image_transforms import KERNEL_SIZE, REMAP_STRIDE, check_positive_ints
-from ..ops import hadamard_mux, ortho_mux
+from ..ops import _validate, hadamard_mux, ortho_mux
+from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
+from ..ops.ortho_mux import ORTHO_KERNELS
 from ..prefix import pad_batch
 
 ImageMuxMode = Literal[
@@ -145,12 +147,15 @@ class ImageMultiplexer(nn.Module):
                 n, out_channels, hidden_channels, generator=generator
             )
         elif mode == "SO(N)":
-            rop = image_transforms.special_orthogonal(n, h * w, generator=generator)
+            # row-major like learnable-W's (a QR result is column-major): the blocks rop[i]
+            # then stack into the cpu backend's GEMM operand without a copy per call
+            rop = image_transforms.special_orthogonal(n, h * w, generator=generator).contiguous()
         elif mode == "learnable-W":
             rop = image_transforms.gaussian_matrices(n, h * w, generator=generator)
         elif mode == "rotation":
             matrices = image_transforms.rotation_matrices(n, h, w)
-            self.register_buffer("rotation", matrices, persistent=False)
+            # kept with each matrices[i]ᵀ row-major, for the same stacking without a copy
+            self.register_buffer("rotation", matrices.mT.contiguous().mT, persistent=False)
         elif mode == "gaussian_hadamard":
             vectors = transforms.gaussian_vectors(
                 n, h * w, gaussian_hadamard_norm, generator=generator
@@ -190,8 +195,7 @@ class ImageMultiplexer(nn.Module):
         else:
             rotates = self.mode == "rotation"
             matrices = self.rotation if rotates else transforms["rop"].transpose(1, 2)
-            # ortho_mux scales by N^(-1/2); the notebook sums plainly
-            mixed = ortho_mux(pixels, matrices, backend=backend) * math.sqrt(n)
+            mixed = _matrix_sum(pixels, matrices, backend)
         return mixed.reshape(b, c, h, w)
 
     def _grouped(self, images: torch.Tensor) -> torch.Tensor:
@@ -254,3 +258,14 @@ def _check_remap(num_instances: int, height: int, width: int) -> None:
     if height % s or width % s:
         raise ValueError(f'mode "remap" needs H and W divisible by {s}, got H={height}, '
                          f"W={width}")  # fmt: skip
+
+
+def _matrix_sum(pixels: torch.Tensor, matrices: torch.Tensor, backend: Backend) -> torch.Tensor:
+    """Σ_i P[i] @ e_i (the notebook sums plainly) for pixels (B', N, C, H·W): ortho_mux's
+    GEMM without its N^(-1/2). The cpu backend's GEMM applies no scale at all; the other
+    backends' results are multiplied by √N."""
+    _validate.transform("matrices", matrices, pixels, 3, "(N, H·W, H·W)", "images")
+    chosen = _backend.resolve("ortho_mux", backend, pixels.device, ORTHO_BACKENDS, ORTHO_KERNELS)
+    if chosen == "cpu":
+        return _cpu.ortho_mux(pixels, matrices, scale=1.0)
+    return ortho_mux(pixels, matrices, backend=chosen) * math.sqrt(pixels.shape[1])
