@@ -290,16 +290,18 @@ def check_values_below(checks: Iterable[tuple[str, torch.Tensor, int, str]]) -> 
     """Each ``(name, t, limit, what)``: integer ``t`` holds values in [0, limit), or
     ``ValueError("{name} holds values in [lo, hi] but {what}")``.
 
-    One ``aminmax`` per tensor; their bounds come to the host in one read, so the checks
-    of a call cost one device sync on CUDA, and none where ``data_checks_run`` says they
-    cannot run (the tensors of one call share a device).
+    One ``aminmax`` per tensor (once for a tensor given twice with the same limit); on CUDA
+    their bounds come to the host in one read, so the checks of a call cost one device
+    sync, and none where ``data_checks_run`` says they cannot run (the tensors of one call
+    share a device).
     """
     checks = [c for c in checks if c[1].numel() > 0]
+    checks = [c for i, c in enumerate(checks)
+              if not any(c[1] is o[1] and c[2] == o[2] for o in checks[:i])]  # fmt: skip
     if not checks or not data_checks_run(checks[0][1]):
         return
-    first = checks[0][1]
-    if len(checks) == 1 and first.is_cpu:  # no device sync to save: read both, no stack
-        bounds = [[bound.item() for bound in torch.aminmax(first)]]
+    if checks[0][1].is_cpu:  # no device sync to save: read each, no stacking
+        bounds = [[bound.item() for bound in torch.aminmax(t)] for _, t, _, _ in checks]
     else:  # the bounds of all, one host read (stack promotes to a common integer dtype)
         bounds = torch.stack([torch.stack(torch.aminmax(t)) for _, t, _, _ in checks]).tolist()
     for (name, _, limit, what), (lo, hi) in zip(checks, bounds, strict=True):

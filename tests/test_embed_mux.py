@@ -199,11 +199,16 @@ def test_kernel_backward_chain_rule_matches_reference_autograd(randn, monkeypatc
         assert_close(g, w, BACKEND)
 
 
-def test_ids_are_checked_in_one_host_read(randn, monkeypatch):
-    """All the id tensors given come to the host together (one device sync on CUDA)."""
+@pytest.mark.parametrize("on_cpu", [True, False])
+def test_ids_are_checked_in_one_host_read(randn, monkeypatch, on_cpu):
+    """Off the CPU, all the id tensors given come to the host together (one device sync on
+    CUDA: here CPU tensors that say they are elsewhere); on the CPU, where there is no sync
+    to save, each is read where it is, without stacking."""
     reads = []
     tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or tolist(t))
+    if not on_cpu:
+        monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))
     given = {
         "position_ids": ids(3, high=V_POS),
         "token_type_ids": ids(6, 3, high=V_TYPE),
@@ -211,4 +216,16 @@ def test_ids_are_checked_in_one_host_read(randn, monkeypatch):
         "mixed_token_type_ids": ids(2, 3, high=V_TYPE),
     }
     mk.embed_mux(ids(6, 3, high=V_WORD), **tables(randn, 4), vectors=randn(3, 4), **given)
-    assert reads == [(5, 2)]
+    assert reads == ([] if on_cpu else [(5, 2)])
+
+
+def test_ids_given_twice_are_checked_once(randn, monkeypatch):
+    """One position tensor passed for both passes (as the models do) gets one aminmax."""
+    seen = []
+    aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda t: seen.append(t) or aminmax(t))
+    positions = ids(3, high=V_POS)
+    input_ids = ids(6, 3, high=V_WORD)
+    mk.embed_mux(input_ids, **tables(randn, 4), vectors=randn(3, 4),
+                 position_ids=positions, mixed_position_ids=positions)  # fmt: skip
+    assert len(seen) == 2 and seen[1] is positions
