@@ -143,3 +143,41 @@ def test_selected_gather_reads_only_the_prefix_rows(size):
         index,
     )
     torch.testing.assert_close(changed, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_row_ids", [False, True])
+def test_embed_mux_in_chunks(monkeypatch, per_row_ids):
+    """embed_mux built one group at a time: the same output and gradients as in one piece,
+    with shared (L,) and per-row ids."""
+    groups, n, length, d, vocab = 4, 3, 5, 8, 11
+    gen = torch.Generator().manual_seed(0)
+    tables = [
+        randn(rows, d, generator=i, dtype=torch.float64) for i, rows in enumerate((vocab, 9, 2))
+    ]
+    affine = [
+        randn(d, generator=3, dtype=torch.float64),
+        randn(d, generator=4, dtype=torch.float64),
+    ]
+    leaves = [t.requires_grad_() for t in (*tables, *affine)]
+    input_ids = torch.randint(0, vocab, (groups, n, length), generator=gen)
+    if per_row_ids:
+        ids = {
+            "position_ids": torch.randint(0, 9, (groups, n, length), generator=gen),
+            "token_type_ids": torch.randint(0, 2, (groups, n, length), generator=gen),
+            "mixed_position_ids": torch.randint(0, 9, (groups, length), generator=gen),
+        }
+    else:
+        ids = {"position_ids": torch.arange(length), "mixed_position_ids": torch.arange(length)}
+    vectors = randn(n, d, generator=5, dtype=torch.float64)
+
+    def run():
+        x = mk.embed_mux(input_ids, *leaves, vectors, **ids, backend="cpu")
+        return x, torch.autograd.grad(x, leaves, torch.ones_like(x))
+
+    whole, whole_grads = run()
+    monkeypatch.setattr(_chunks, "CHUNK_BYTES", 1)
+    assert len(_chunks.group_chunks(groups, 10)) == groups
+    chunked, chunked_grads = run()
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+    for got, want in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
