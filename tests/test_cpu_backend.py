@@ -146,9 +146,10 @@ def test_selected_gather_reads_only_the_prefix_rows(size):
 
 
 @pytest.mark.parametrize("per_row_ids", [False, True])
-def test_embed_mux_in_chunks(monkeypatch, per_row_ids):
-    """embed_mux built one group at a time: the same output and gradients as in one piece,
-    with shared (L,) and per-row ids."""
+def test_embed_mux_chunks_only_without_gradients(monkeypatch, per_row_ids):
+    """Without gradients, embed_mux is built one group at a time past CHUNK_BYTES, with the
+    same output as in one piece; with gradients it stays in one piece (one word lookup),
+    shared (L,) and per-row ids alike."""
     groups, n, length, d, vocab = 4, 3, 5, 8, 11
     gen = torch.Generator().manual_seed(0)
     tables = [
@@ -175,9 +176,24 @@ def test_embed_mux_in_chunks(monkeypatch, per_row_ids):
         return x, torch.autograd.grad(x, leaves, torch.ones_like(x))
 
     whole, whole_grads = run()
+    with torch.no_grad():
+        whole_inference = mk.embed_mux(input_ids, *leaves, vectors, **ids, backend="cpu")
     monkeypatch.setattr(_chunks, "CHUNK_BYTES", 1)
     assert len(_chunks.group_chunks(groups, 10)) == groups
-    chunked, chunked_grads = run()
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
-    for got, want in zip(chunked_grads, whole_grads, strict=True):
+    lookups = []
+    embedding = torch.nn.functional.embedding
+    monkeypatch.setattr(
+        torch.nn.functional, "embedding", lambda i, t: lookups.append(t) or embedding(i, t)
+    )
+    with torch.no_grad():
+        chunked = mk.embed_mux(input_ids, *leaves, vectors, **ids, backend="cpu")
+    assert sum(t is leaves[0] for t in lookups) == groups  # one lookup of words per chunk
+    torch.testing.assert_close(chunked, whole_inference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-12)
+    lookups.clear()
+    trained, trained_grads = run()
+    # with gradients, one piece: one dense word-table gradient, not one per chunk
+    assert sum(t is leaves[0] for t in lookups) == 1
+    torch.testing.assert_close(trained, whole, rtol=0, atol=1e-12)
+    for got, want in zip(trained_grads, whole_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

@@ -83,8 +83,8 @@ def embed_mux(
     input_ids: (B', N, L). Every other id argument is None (positions 0…L-1, token type
     0), an (L,) vector shared by all rows, or per row: (B', N, L) for the instances, (B', L)
     for the mixture. Shared ids are looked up once and broadcast (once for both passes when
-    they are the same). Built a few groups at a time, so the N per-instance embeddings of
-    a chunk stay in cache.
+    they are the same). Without gradients, built a few groups at a time, so the N
+    per-instance embeddings of a chunk stay in cache.
     """
     if word_embeddings.dtype not in OWN_DTYPES:
         params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
@@ -100,7 +100,11 @@ def embed_mux(
     second = (
         first if same else _shared_rows(pos, typ, mixed_position_ids, mixed_token_type_ids, length)
     )
-    chunks = group_chunks(groups, 3 * n * length * d * word.element_size())
+    # With gradients recorded, one piece: each chunk's lookup would give the word table a
+    # dense (V, d) gradient of its own, to be added up (5.5x slower at V = 50265, d = 768).
+    chunks = [slice(0, groups)]
+    if not torch.is_grad_enabled():
+        chunks = group_chunks(groups, 3 * n * length * d * word.element_size())
     outputs = []
     for chunk in chunks:
         s = F.embedding(input_ids if len(chunks) == 1 else input_ids[chunk], word)
