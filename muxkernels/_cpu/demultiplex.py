@@ -145,7 +145,8 @@ def mlp_demux(
     eps: float,
 ) -> torch.Tensor:
     """MLP demux: pre = h @ [W_1; …; W_N]ᵀ + b (one GEMM), u_i = LN_i(gelu(pre_i)); the
-    LayerNorm normalises every branch in one call, then applies each branch's affine.
+    LayerNorm normalises every branch in one call (with a unit weight), then applies each
+    branch's affine.
     Returns (B', N, L, d) (a transposed view of the (B', L, N, d) result)."""
     if hidden.dtype not in OWN_DTYPES:
         args = to_float32(hidden, weight, bias, ln_weight, ln_bias)
@@ -153,5 +154,8 @@ def mlp_demux(
     n, d, _ = weight.shape
     pre = F.linear(hidden, weight.reshape(n * d, d), bias.reshape(-1))
     act = F.gelu(pre) if torch.is_grad_enabled() else _gelu_(pre)
-    normed = torch.layer_norm(act.unflatten(-1, (n, d)), (d,), None, None, eps)
+    # a unit scale, not None: ATen's CPU LayerNorm without a weight takes a path 3x slower
+    # (2.6 ms vs 0.7 ms on (8, 128, 2, 768) in float32; its backward gets 0.45 ms slower)
+    unit = torch.ones(d, dtype=hidden.dtype)
+    normed = torch.layer_norm(act.unflatten(-1, (n, d)), (d,), unit, None, eps)
     return torch.addcmul(ln_bias, normed, ln_weight).transpose(1, 2)
