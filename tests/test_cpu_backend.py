@@ -15,7 +15,7 @@ from helpers import BACKEND, assert_close, float64_grads, randn
 
 import muxkernels as mk
 from muxkernels import reference
-from muxkernels._cpu import _chunks
+from muxkernels._cpu import _chunks, multiplex
 
 N, D = 3, 16
 # (B', L): B'·L'·d below SMALL_ELEMENTS, and above it (L' = L + N + 1)
@@ -197,3 +197,50 @@ def test_embed_mux_chunks_only_without_gradients(monkeypatch, per_row_ids):
     torch.testing.assert_close(trained, whole, rtol=0, atol=1e-12)
     for got, want in zip(trained_grads, whole_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def _hadamard_case(x: dict[str, torch.Tensor], backend: str) -> torch.Tensor:
+    return mk.hadamard_mux(x["embeddings"], x["vectors"], backend=backend)
+
+
+def _embed_case(x: dict[str, torch.Tensor], backend: str) -> torch.Tensor:
+    tables = (x["word"], x["position"], x["token_type"], x["ln_weight"], x["ln_bias"])
+    return mk.embed_mux(x["ids"], *tables, x["vectors"], backend=backend)
+
+
+SUMS = {  # the ops that sum over instances, their inputs (float ones are differentiable)
+    "hadamard_mux": (
+        _hadamard_case,
+        {"embeddings": (3, N, 5, D), "vectors": (N, D)},
+    ),
+    "embed_mux": (
+        _embed_case,
+        {"word": (7, D), "position": (5, D), "token_type": (2, D), "ln_weight": (D,),
+         "ln_bias": (D,), "vectors": (N, D)},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["product", "running"])
+@pytest.mark.parametrize("op", SUMS)
+def test_sums_over_instances_in_both_forms(monkeypatch, op, form):
+    """The product-and-reduce form (small inputs) and the running sum (past
+    RUNNING_SUM_ELEMENTS): output and gradients against the float64 reference."""
+    monkeypatch.setattr(multiplex, "RUNNING_SUM_ELEMENTS", 0 if form == "running" else 1 << 40)
+    case, shapes = SUMS[op]
+    x = {k: randn(*shape, generator=i) for i, (k, shape) in enumerate(shapes.items())}
+    x["ids"] = torch.randint(0, 7, (3, N, 5), generator=torch.Generator().manual_seed(9))
+    names = list(shapes)
+
+    def run(backend):
+        return lambda *leaves: case(dict(x, **dict(zip(names, leaves, strict=True))), backend)
+
+    leaves = [x[k].clone().requires_grad_() for k in names]
+    out = run("cpu")(*leaves)
+    want = run("reference")(*(x[k].double() for k in names))
+    assert_close(out, want, BACKEND)
+    grad_out = randn(*out.shape, generator=10)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want_grads = float64_grads(run("reference"), [x[k] for k in names], grad_out)
+    for name, g, w in zip(names, got, want_grads, strict=True):
+        assert_close(g, w, BACKEND, what=name)

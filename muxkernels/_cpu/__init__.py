@@ -10,6 +10,8 @@ tested against the reference like the kernel backends:
   row (positions, token types) are looked up once and broadcast;
 - tensors of B'·N·L·d elements are built a few groups at a time (``group_chunks``), so the
   chain of elementwise steps that follows runs in cache instead of main memory;
+- sums over the N instances of a large input run one instance at a time into the sum,
+  each instance read once, never writing a (B', N, L, d) product;
 - the demultiplexers use the split form of design §3 (two d×d GEMMs, never the 2d
   concatenation), and the MLP branches one stacked GEMM.
 

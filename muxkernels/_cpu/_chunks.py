@@ -1,5 +1,5 @@
-"""What every cpu-backend function shares: the dtypes it computes in, the size below which
-an input counts as small, and group chunks that keep a chain of elementwise steps in cache."""
+"""What every cpu-backend function shares: the dtypes it computes in, the sizes that pick a
+form, and group chunks that keep a chain of elementwise steps in cache."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ CHUNK_BYTES = 4 << 20
 # Below this many elements in the op's largest input, the cost of a call is mostly the
 # number of ATen calls it makes, not its arithmetic, so the forms with fewer calls win.
 SMALL_ELEMENTS = 1 << 14
+# Above this many elements per instance (B'·L·d), a sum over the N instances runs as a
+# running sum (each instance read once) instead of an (B', N, L, d) product and a
+# reduction: at B'=8, L=128, d=768 that made hadamard_mux 2-5x faster (N = 2…40); at
+# 2·16·64 elements it was 1.3-4x slower (N + 1 calls instead of 2); the two crossed near
+# 2¹⁵.
+RUNNING_SUM_ELEMENTS = 1 << 15
 
 
 def to_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:

@@ -11,14 +11,30 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._chunks import OWN_DTYPES, group_chunks, to_float32
+from ._chunks import OWN_DTYPES, RUNNING_SUM_ELEMENTS, group_chunks, to_float32
 
 
 def hadamard_mux(embeddings: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """x[g,t] = (1/N) Σ_i v_i ⊙ E[g,i,t]: one product and one mean over instances."""
+    """x[g,t] = (1/N) Σ_i v_i ⊙ E[g,i,t]: one product and one mean over instances for a
+    small input, a running sum (``_running_sum``) for a large one."""
     if embeddings.dtype not in OWN_DTYPES:
         return hadamard_mux(*to_float32(embeddings, vectors)).to(embeddings.dtype)
+    groups, n, length, d = embeddings.shape
+    if groups * length * d > RUNNING_SUM_ELEMENTS:
+        return _running_sum(embeddings, vectors / n)
     return torch.mul(embeddings, vectors.unsqueeze(1)).mean(1)
+
+
+def _running_sum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_i weights[i] ⊙ x[:, i] for x (B', N, L, d) and weights (N, d), one instance at a
+    time into one (B', L, d) sum: each instance is read once and no (B', N, L, d) product
+    is written (autograd keeps one node per instance, and unbind's backward stacks the
+    instances' gradients in one copy)."""
+    instances, rows = x.unbind(1), weights.unbind(0)
+    total = torch.mul(instances[0], rows[0])
+    for instance, row in zip(instances[1:], rows[1:], strict=True):
+        total.addcmul_(instance, row)
+    return total
 
 
 def ortho_mux(
@@ -113,7 +129,10 @@ def embed_mux(
         else:
             s = s + first
         normed = torch.layer_norm(s, (d,), ln_weight, ln_bias, eps)
-        mixed = torch.linalg.vecdot(normed, weights, dim=1)
+        if normed.shape[0] * length * d > RUNNING_SUM_ELEMENTS:
+            mixed = _running_sum(normed, vectors)
+        else:
+            mixed = torch.linalg.vecdot(normed, weights, dim=1)
         if second is None:
             added = _rows(pos, mixed_position_ids, chunk, length)
             added = added + _rows(typ, mixed_token_type_ids, chunk, 1)
