@@ -53,12 +53,12 @@ def _token(
     """u[g,i,t] = LN(gelu(a[g,i] + c[g,t])) for every i and t, (B', N, L', d), a (B' or 1,
     N, d); with ``project`` the logits, built a few groups at a time."""
     groups, length, d = c.shape
-    chunks = []
-    if project is not None:
-        chunks = group_chunks(groups, 2 * a.shape[1] * length * d * c.element_size())
-    if len(chunks) <= 1:  # in one piece
+    if project is None:
+        return _gelu_layer_norm(a.unsqueeze(2) + c.unsqueeze(1), ln_weight, ln_bias, eps, d)
+    chunks = group_chunks(groups, 2 * a.shape[1] * length * d * c.element_size())
+    if len(chunks) == 1:  # in one piece
         u = _gelu_layer_norm(a.unsqueeze(2) + c.unsqueeze(1), ln_weight, ln_bias, eps, d)
-        return _project(u, project)
+        return F.linear(u, *project)
     outputs = []
     for chunk in chunks:
         a_chunk = a if a.shape[0] == 1 else a[chunk]
