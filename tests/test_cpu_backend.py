@@ -15,7 +15,7 @@ from helpers import BACKEND, assert_close, float64_grads, randn
 
 import muxkernels as mk
 from muxkernels import reference
-from muxkernels._cpu import _chunks, multiplex
+from muxkernels._cpu import _chunks, demultiplex, multiplex
 
 N, D = 3, 16
 # (B', L): B'·L'·d below SMALL_ELEMENTS, and above it (L' = L + N + 1)
@@ -238,6 +238,34 @@ def test_sums_over_instances_in_both_forms(monkeypatch, op, form):
     leaves = [x[k].clone().requires_grad_() for k in names]
     out = run("cpu")(*leaves)
     want = run("reference")(*(x[k].double() for k in names))
+    assert_close(out, want, BACKEND)
+    grad_out = randn(*out.shape, generator=10)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want_grads = float64_grads(run("reference"), [x[k] for k in names], grad_out)
+    for name, g, w in zip(names, got, want_grads, strict=True):
+        assert_close(g, w, BACKEND, what=name)
+
+
+@pytest.mark.parametrize("form", ["stacked", "branch_by_branch"])
+def test_mlp_demux_in_both_forms(monkeypatch, form):
+    """The stacked GEMM (small inputs) and the branch-by-branch loop (large ones), in
+    inference and with gradients: output and gradients against the float64 reference."""
+    by_branch = form == "branch_by_branch"
+    monkeypatch.setattr(demultiplex, "RUNNING_SUM_ELEMENTS", 0 if by_branch else 1 << 40)
+    monkeypatch.setattr(demultiplex, "LAST_LEVEL_BYTES", 0 if by_branch else 1 << 40)
+    shapes = {"hidden": (2, 5, D), "weight": (N, D, D), "bias": (N, D), "ln_weight": (N, D),
+              "ln_bias": (N, D)}  # fmt: skip
+    x = {k: randn(*shape, generator=i) for i, (k, shape) in enumerate(shapes.items())}
+    names = list(shapes)
+
+    def run(backend):
+        return lambda *leaves: mk.mlp_demux(*leaves, backend=backend)
+
+    want = run("reference")(*(x[k].double() for k in names))
+    with torch.no_grad():
+        assert_close(run("cpu")(*(x[k] for k in names)), want, BACKEND)
+    leaves = [x[k].clone().requires_grad_() for k in names]
+    out = run("cpu")(*leaves)
     assert_close(out, want, BACKEND)
     grad_out = randn(*out.shape, generator=10)
     got = torch.autograd.grad(out, leaves, grad_out)

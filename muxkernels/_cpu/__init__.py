@@ -13,7 +13,8 @@ tested against the reference like the kernel backends:
 - sums over the N instances of a large input run one instance at a time into the sum,
   each instance read once, never writing a (B', N, L, d) product;
 - the demultiplexers use the split form of design §3 (two d×d GEMMs, never the 2d
-  concatenation), and the MLP branches one stacked GEMM.
+  concatenation), and the MLP branches one stacked GEMM for small inputs, the published
+  branch-by-branch loop (each branch in cache) for large ones.
 
 There are no ``muxkernels::`` operators here: on the CPU, ATen's ops are the kernels, so
 autograd differentiates these functions and torch.compile traces them as they are.

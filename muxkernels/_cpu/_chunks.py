@@ -12,6 +12,9 @@ OWN_DTYPES = (torch.float32, torch.float64)  # computed in their own dtype; othe
 # piece at N = 2 and 5, and 4 MiB chunks were as fast as one piece there, and faster at
 # N = 20 and 40.
 CHUNK_BYTES = 4 << 20
+# About half the CPU machine's 32 MiB last-level cache: an intermediate larger than this
+# is written to and read back from main memory by every elementwise pass over it.
+LAST_LEVEL_BYTES = 16 << 20
 # Below this many elements in the op's largest input, the cost of a call is mostly the
 # number of ATen calls it makes, not its arithmetic, so the forms with fewer calls win.
 SMALL_ELEMENTS = 1 << 14
