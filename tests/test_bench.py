@@ -36,7 +36,7 @@ TINY_ARGS = ["--device", "cpu", "--groups", "1", "--length", "3", "--d", "8"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _call_once(fn, device, *, graph=True):
+def _call_once(fn, device, *, graph=True, min_run_s=timing.CPU_MIN_RUN_S):
     fn()
     return timing.Timing(1.0, "cpu")
 
@@ -156,7 +156,7 @@ def test_cpu_implementations_are_timed_in_interleaved_rounds(monkeypatch):
     published, cpu, eager, ...), and keeps the median of its rounds."""
     order, ms = [], iter(range(1, 100))
 
-    def fake(fn, device, *, graph=True):
+    def fake(fn, device, *, graph=True, min_run_s=timing.CPU_MIN_RUN_S):
         order.append(fn())
         return timing.Timing(float(next(ms)), "cpu")
 

@@ -28,7 +28,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.fixture
 def fake_timer(monkeypatch):
-    monkeypatch.setattr(timing, "time_call", lambda fn, device, *, graph=True: (
+    monkeypatch.setattr(timing, "time_call", lambda fn, device, *, graph=True, min_run_s=0: (
         fn(), timing.Timing(1.0, "cpu"))[1])  # fmt: skip
     monkeypatch.setattr(timing, "copy_gbs", lambda nbytes, device: 1.0)
     monkeypatch.setattr(timing, "matmul_tflops", lambda m, k, n, dtype, device: 1.0)

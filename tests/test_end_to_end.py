@@ -84,8 +84,9 @@ def _fake_timer(fail_rows: int | None = None):
     """A median_ms stand-in: calls fn once and returns FAKE_MS by its output's rows (2 ms
     otherwise); raises out-of-memory when the output has ``fail_rows`` rows."""
 
-    def fake(fn, device, *, graph=True):
+    def fake(fn, device, *, graph=True, min_run_s=timing.CPU_MIN_RUN_S):
         assert not graph and device == CPU and torch.is_inference_mode_enabled()
+        assert min_run_s == timing.CPU_PASS_MIN_RUN_S
         rows = fn().shape[0]
         if rows == fail_rows:
             raise torch.cuda.OutOfMemoryError("fake out of memory")
@@ -136,7 +137,7 @@ def test_out_of_memory_gives_a_nan_row(monkeypatch):
 
 
 def test_a_baseline_that_never_ran_is_an_error(monkeypatch):
-    def out_of_memory(fn, device, *, graph=True):
+    def out_of_memory(fn, device, *, graph=True, min_run_s=timing.CPU_MIN_RUN_S):
         raise torch.cuda.OutOfMemoryError("fake out of memory")
 
     with pytest.raises(RuntimeError, match="baseline ran out of memory"):

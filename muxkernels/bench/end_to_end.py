@@ -188,7 +188,9 @@ def _time_pass(pipeline: Pipeline, ids: torch.Tensor, device: torch.device) -> f
     """
     try:
         with torch.inference_mode():
-            return timing.median_ms(lambda: pipeline(ids), device, graph=False)
+            return timing.median_ms(
+                lambda: pipeline(ids), device, graph=False, min_run_s=timing.CPU_PASS_MIN_RUN_S
+            )
     except torch.cuda.OutOfMemoryError:
         return math.nan
     finally:

@@ -23,6 +23,10 @@ import torch
 
 WARMUP_MS, REP_MS = 5, 25  # do_bench's warm-up and measuring windows per timing
 CPU_MIN_RUN_S = 0.02  # torch.utils.benchmark's minimum measuring time per timing on the CPU
+# The same for an end-to-end pass, which takes milliseconds on the CPU: 20 ms held two or
+# three passes, and a ratio's median of five rounds moved 5-10 % from run to run (sequence
+# N=5: 1.10x in one run, 0.97x in the next); 100 ms holds about a dozen.
+CPU_PASS_MIN_RUN_S = 0.1
 # On the CPU, implementations compared with each other are timed in turn, this many rounds
 # (interleaved), and each keeps the median of its rounds: the load of a shared machine
 # drifts over seconds, so timing one implementation after the other skews their ratios.
@@ -79,11 +83,17 @@ def _capture(fn: Callable[[], object]) -> Callable[[], object] | None:
     return graph.replay
 
 
-def time_call(fn: Callable[[], object], device: torch.device, *, graph: bool = True) -> Timing:
+def time_call(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    graph: bool = True,
+    min_run_s: float = CPU_MIN_RUN_S,
+) -> Timing:
     """Median time of ``fn()`` after a warm-up call (which compiles, autotunes, allocates).
 
     ``graph=False`` times Python calls on a GPU too (end-to-end timings, where the launch
-    cost is part of what a user sees).
+    cost is part of what a user sees). ``min_run_s``: the measuring time on the CPU.
     """
     fn()
     if device.type == "cuda":
@@ -96,7 +106,7 @@ def time_call(fn: Callable[[], object], device: torch.device, *, graph: bool = T
     from torch.utils.benchmark import Timer
 
     timer = Timer("fn()", globals={"fn": fn})
-    return Timing(timer.blocked_autorange(min_run_time=CPU_MIN_RUN_S).median * 1e3, "cpu")
+    return Timing(timer.blocked_autorange(min_run_time=min_run_s).median * 1e3, "cpu")
 
 
 def keep_freed_memory() -> str | None:
@@ -132,9 +142,15 @@ def median_of(timings: list[Timing]) -> Timing:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, *, graph: bool = True) -> float:
-    """``time_call(fn, device, graph=graph).ms``."""
-    return time_call(fn, device, graph=graph).ms
+def median_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    graph: bool = True,
+    min_run_s: float = CPU_MIN_RUN_S,
+) -> float:
+    """``time_call(fn, device, graph=graph, min_run_s=min_run_s).ms``."""
+    return time_call(fn, device, graph=graph, min_run_s=min_run_s).ms
 
 
 def copy_gbs(nbytes: int, device: torch.device) -> float:
