@@ -225,7 +225,8 @@ SUMS = {  # the ops that sum over instances, their inputs (float ones are differ
 @pytest.mark.parametrize("op", SUMS)
 def test_sums_over_instances_in_both_forms(monkeypatch, op, form):
     """The product-and-reduce form (small inputs) and the running sum (past
-    RUNNING_SUM_ELEMENTS): output and gradients against the float64 reference."""
+    RUNNING_SUM_ELEMENTS): output and gradients against the float64 reference, in
+    inference and with gradients."""
     monkeypatch.setattr(multiplex, "RUNNING_SUM_ELEMENTS", 0 if form == "running" else 1 << 40)
     case, shapes = SUMS[op]
     x = {k: randn(*shape, generator=i) for i, (k, shape) in enumerate(shapes.items())}
@@ -235,13 +236,21 @@ def test_sums_over_instances_in_both_forms(monkeypatch, op, form):
     def run(backend):
         return lambda *leaves: case(dict(x, **dict(zip(names, leaves, strict=True))), backend)
 
-    leaves = [x[k].clone().requires_grad_() for k in names]
+    _assert_cpu_matches_reference(run, [x[k] for k in names], names)
+
+
+def _assert_cpu_matches_reference(run, inputs: list[torch.Tensor], names: list[str]) -> None:
+    """``run(backend)(*inputs)`` on the cpu backend, in inference and with gradients,
+    against the reference in float64: the output and every input's gradient."""
+    want = run("reference")(*(t.double() for t in inputs))
+    with torch.no_grad():
+        assert_close(run("cpu")(*inputs), want, BACKEND)
+    leaves = [t.clone().requires_grad_() for t in inputs]
     out = run("cpu")(*leaves)
-    want = run("reference")(*(x[k].double() for k in names))
     assert_close(out, want, BACKEND)
     grad_out = randn(*out.shape, generator=10)
     got = torch.autograd.grad(out, leaves, grad_out)
-    want_grads = float64_grads(run("reference"), [x[k] for k in names], grad_out)
+    want_grads = float64_grads(run("reference"), inputs, grad_out)
     for name, g, w in zip(names, got, want_grads, strict=True):
         assert_close(g, w, BACKEND, what=name)
 
@@ -261,14 +270,4 @@ def test_mlp_demux_in_both_forms(monkeypatch, form):
     def run(backend):
         return lambda *leaves: mk.mlp_demux(*leaves, backend=backend)
 
-    want = run("reference")(*(x[k].double() for k in names))
-    with torch.no_grad():
-        assert_close(run("cpu")(*(x[k] for k in names)), want, BACKEND)
-    leaves = [x[k].clone().requires_grad_() for k in names]
-    out = run("cpu")(*leaves)
-    assert_close(out, want, BACKEND)
-    grad_out = randn(*out.shape, generator=10)
-    got = torch.autograd.grad(out, leaves, grad_out)
-    want_grads = float64_grads(run("reference"), [x[k] for k in names], grad_out)
-    for name, g, w in zip(names, got, want_grads, strict=True):
-        assert_close(g, w, BACKEND, what=name)
+    _assert_cpu_matches_reference(run, [x[k] for k in names], names)

@@ -171,7 +171,11 @@ def mlp_demux(
     else:
         by_branch = hidden.numel() * n * hidden.element_size() > LAST_LEVEL_BYTES
     if by_branch:
-        return _branch_by_branch(hidden, weight, bias, ln_weight, ln_bias, eps)
+        params = zip(weight, bias, ln_weight, ln_bias, strict=True)
+        branches = [
+            _gelu_layer_norm(F.linear(hidden, w, b), lw, lb, eps, d) for w, b, lw, lb in params
+        ]
+        return torch.stack(branches, 1)
     pre = F.linear(hidden, weight.reshape(n * d, d), bias.reshape(-1))
     act = F.gelu(pre) if torch.is_grad_enabled() else _gelu_(pre)
     # a unit scale, not None: ATen's CPU LayerNorm without a weight takes a path 3x slower
@@ -179,18 +183,3 @@ def mlp_demux(
     unit = torch.ones(d, dtype=hidden.dtype)
     normed = torch.layer_norm(act.unflatten(-1, (n, d)), (d,), unit, None, eps)
     return torch.addcmul(ln_bias, normed, ln_weight).transpose(1, 2)
-
-
-def _branch_by_branch(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """u_i = LN_i(gelu(W_i h + b_i)) one branch at a time, stacked into (B', N, L, d)."""
-    d = hidden.shape[-1]
-    params = zip(weight, bias, ln_weight, ln_bias, strict=True)
-    branches = [_gelu_layer_norm(F.linear(hidden, w, b), lw, lb, eps, d) for w, b, lw, lb in params]
-    return torch.stack(branches, 1)
