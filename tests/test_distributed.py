@@ -84,6 +84,10 @@ def worker(rank: int, port: int, wrapper: str, queue) -> None:
                         continue
                     grad = param.grad.full_tensor() if wrapper == "fsdp" else param.grad
                     torch.testing.assert_close(grad, expected[key], msg=f"{name}: {key}")
+        # both ranks done before either tears its process group down: a rank that left
+        # early once aborted the other under heavy load ("terminate called without an
+        # active exception")
+        dist.barrier()
         queue.put((rank, [str(w.message) for w in caught if "view" in str(w.message)]))
     except Exception as err:  # the parent reports it
         queue.put((rank, repr(err)))
