@@ -262,10 +262,11 @@ def _check_remap(num_instances: int, height: int, width: int) -> None:
 
 def _matrix_sum(pixels: torch.Tensor, matrices: torch.Tensor, backend: Backend) -> torch.Tensor:
     """Σ_i P[i] @ e_i (the notebook sums plainly) for pixels (B', N, C, H·W): ortho_mux's
-    GEMM without its N^(-1/2). The cpu backend's GEMM applies no scale at all; the other
-    backends' results are multiplied by √N."""
-    _validate.transform("matrices", matrices, pixels, 3, "(N, H·W, H·W)", "images")
+    GEMM without its N^(-1/2). The cpu backend's GEMM applies no scale at all (its call
+    skips ortho_mux, so the matrices are checked here); the other backends' results, from
+    ortho_mux and its checks, are multiplied by √N."""
     chosen = _backend.resolve("ortho_mux", backend, pixels.device, ORTHO_BACKENDS, ORTHO_KERNELS)
-    if chosen == "cpu":
-        return _cpu.ortho_mux(pixels, matrices, scale=1.0)
-    return ortho_mux(pixels, matrices, backend=chosen) * math.sqrt(pixels.shape[1])
+    if chosen != "cpu":
+        return ortho_mux(pixels, matrices, backend=chosen) * math.sqrt(pixels.shape[1])
+    _validate.transform("matrices", matrices, pixels, 3, "(N, H·W, H·W)", "images")
+    return _cpu.ortho_mux(pixels, matrices, scale=1.0)
