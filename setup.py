@@ -1,14 +1,16 @@
-"""Build script for muxkernels' optional CUDA extension, ``muxkernels._C``.
+"""Build script for muxkernels' optional compiled extensions: ``muxkernels._C`` (CUDA
+kernels) and ``muxkernels._C_cpu`` (the cpu backend's fused kernels, csrc/cpu/).
 
-Package metadata lives in pyproject.toml; this file only adds the extension. torch is
+Package metadata lives in pyproject.toml; this file only adds the extensions. torch is
 not a build requirement on purpose: the extension must be built against the torch you
 already have, so install with
 
     pip install --no-build-isolation -e .     (editable; places _C*.so in muxkernels/)
     pip install --no-build-isolation .
 
-Without the extension the package is pure Python and fully usable (Triton and reference
-backends); the compiled operators add the CUDA C++ backend.
+Without the extensions the package is pure Python and fully usable (Triton and reference
+backends, and a cpu backend made of ATen ops); the compiled operators add the CUDA C++
+backend and the cpu backend's fused kernels.
 
 Environment variables
 ---------------------
@@ -21,6 +23,11 @@ MUXKERNELS_BUILD_CUDA
            isolation (a plain ``pip install .``) shows there as torch not importable.
     ``1``  build it, and fail loudly if that is impossible.
     ``0``  never build it (pure Python install).
+MUXKERNELS_BUILD_CPU
+    unset or ``1``: build ``muxkernels._C_cpu`` whenever torch is importable at build time
+    (any torch, CPU-only included; it needs only a C++ compiler). It is an optional
+    extension: a failed compile prints a warning and the install goes on without it (the
+    cpu backend then runs ATen ops; ``muxkernels info`` says so). ``0``: never build it.
 MUXKERNELS_CUDA_ARCH
     GPU architectures to compile for: entries separated by ``;``, ``,`` or spaces. An entry
     is a compute capability with or without a dot or an ``sm_`` / ``compute_`` prefix, and
@@ -184,5 +191,43 @@ def _cuda_extension() -> tuple[list[Any], dict[str, Any]]:
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = _cuda_extension()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+# The cpu kernels vectorize branch-free float code: neither flag changes a result (no
+# reassociation, no fast-math); they let the compiler if-convert comparisons and inline sqrt.
+CPU_FLAGS = ["-O3", "-DNDEBUG", "-fno-trapping-math", "-fno-math-errno"]
+
+
+def _cpu_extension() -> tuple[list[Any], dict[str, Any]]:
+    """Returns ([the CppExtension of csrc/cpu/], {build_ext command}), or ([], {}) when torch
+    is not importable or ``MUXKERNELS_BUILD_CPU=0``."""
+    value = os.environ.get("MUXKERNELS_BUILD_CPU", "").strip()
+    if value not in ("", "0", "1"):
+        raise SystemExit(f"MUXKERNELS_BUILD_CPU must be unset, 0 or 1, got {value!r}")
+    if value == "0":
+        _note("not building muxkernels._C_cpu: MUXKERNELS_BUILD_CPU=0")
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError as err:
+        _note(f"not building muxkernels._C_cpu: torch could not be imported ({err})")
+        return [], {}
+    flags, link = list(CPU_FLAGS), []
+    if sys.platform.startswith("linux"):  # OpenMP threads through at::parallel_for
+        flags.append("-fopenmp")
+        link.append("-fopenmp")
+    _note(f"building muxkernels._C_cpu (torch {torch.__version__}): {' '.join(flags)}")
+    os.chdir(ROOT)
+    extension = CppExtension(
+        name="muxkernels._C_cpu",
+        sources=sorted(glob.glob("csrc/cpu/*.cpp")),
+        include_dirs=[str(ROOT / "csrc")],
+        extra_compile_args=flags,
+        extra_link_args=link,
+        optional=True,
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+cuda_modules, cuda_cmd = _cuda_extension()
+cpu_modules, cpu_cmd = _cpu_extension()
+setup(ext_modules=cuda_modules + cpu_modules, cmdclass={**cpu_cmd, **cuda_cmd})

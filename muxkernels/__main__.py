@@ -19,6 +19,7 @@ from ._cli_args import (
     positive_int,
     run_or_report,
 )
+from ._cpu import _compiled as _cpu_compiled
 from ._selfcheck import format_rows, run_checks
 from .models import convert_cli
 
@@ -49,6 +50,19 @@ def _info() -> int:
         why = _install.why_absent(_extension.load_error(), _install.read_record())
         print(f"compiled extension muxkernels._C: absent: {why}")
         print(f"  to build it: {_install.build_command()}")
+    try:
+        cpu_kernels = _cpu_compiled.load()
+    except ImportError:
+        cpu_kernels = False
+    if cpu_kernels:
+        print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded (the cpu backend's demuxes)")
+    else:
+        error = _cpu_compiled.load_error()
+        print(
+            f"compiled cpu kernels {_cpu_compiled.MODULE}: absent ({type(error).__name__}: "
+            f"{error}); the cpu backend runs ATen ops instead. To build them: "
+            f"{_install.cpu_build_command()}"
+        )
     cuda = torch.cuda.is_available()
     print(f"CUDA device: {torch.cuda.get_device_name() if cuda else 'none'}")
     device = torch.device("cuda" if cuda else "cpu")

@@ -136,6 +136,13 @@ def build_command() -> str:
     return install
 
 
+def cpu_build_command() -> str:
+    """What to run to build ``muxkernels._C_cpu``, the cpu backend's kernels (any torch)."""
+    source = source_dir()
+    target = f"-e {source}" if source is not None else "<the muxkernels source directory>"
+    return f"pip install --no-build-isolation {target} (needs a C++ compiler)"
+
+
 def _absent(error: BaseException | None) -> bool:
     """Whether ``error`` says the extension module is not there at all (nothing to load)."""
     return error is None or (

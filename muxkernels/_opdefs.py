@@ -49,6 +49,19 @@ mlp_demux_fwd(pre (B',L,N·d), bias (N,d), ln_weight (N,d), ln_bias (N,d), eps,
     shape (B',N,L,d)
 mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps) -> (d_pre, d_bias,
               d_ln_weight, d_ln_bias)
+index_demux_fwd(hidden (B',L',d), weight (d,2d), bias (d), ln_weight, ln_bias,
+                num_instances, eps, gather, index) -> (u, a, c)
+    the whole index demux (design §3) for float32/float64 data in one call: a = p W_pᵀ
+    (B',N,d), c = h W_hᵀ + b (B',L',d; (B',1,d) at t = N for "sequence"), u =
+    demux_gather_fwd(a, c, ..., sequence_position=0); a and c are returned for backward
+index_demux_bwd(grad_u, hidden, weight, a, c, ln_weight, ln_bias, num_instances, eps,
+                gather, index) -> (d_hidden, d_weight, d_bias, d_ln_weight, d_ln_bias)
+index_pos_demux_fwd(hidden (B',L,d), keys (N,d), weight (d,2d), bias (d), ln_weight,
+                    ln_bias, eps, gather, index) -> (u, a, c)
+    the index_pos demux (design §4) in one call: a = k W_kᵀ + b (1,N,d), c = h W_hᵀ
+    (B',L,d; (B',1,d) at t = 0 for "sequence"), u = demux_gather_fwd(a, c, ...)
+index_pos_demux_bwd(grad_u, hidden, keys, weight, a, c, ln_weight, ln_bias, eps, gather,
+                    index) -> (d_hidden, d_keys, d_weight, d_bias, d_ln_weight, d_ln_bias)
 embed_mux_fwd(input_ids (B',N,L), word, position, token_type, ln_weight, ln_bias,
               vectors, position_ids, token_type_ids, mixed_position_ids (B',L),
               mixed_token_type_ids (B',L), eps) -> x (B',L,d)
@@ -97,6 +110,24 @@ SCHEMAS: dict[str, str] = {
     "mlp_demux_bwd": (
         "(Tensor grad_u, Tensor pre, Tensor bias, Tensor ln_weight, Tensor ln_bias, float eps) "
         "-> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "index_demux_fwd": (
+        "(Tensor hidden, Tensor weight, Tensor bias, Tensor ln_weight, Tensor ln_bias, "
+        "int num_instances, float eps, str gather, Tensor? index) -> (Tensor, Tensor, Tensor)"
+    ),
+    "index_demux_bwd": (
+        "(Tensor grad_u, Tensor hidden, Tensor weight, Tensor a, Tensor c, Tensor ln_weight, "
+        "Tensor ln_bias, int num_instances, float eps, str gather, Tensor? index) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "index_pos_demux_fwd": (
+        "(Tensor hidden, Tensor keys, Tensor weight, Tensor bias, Tensor ln_weight, "
+        "Tensor ln_bias, float eps, str gather, Tensor? index) -> (Tensor, Tensor, Tensor)"
+    ),
+    "index_pos_demux_bwd": (
+        "(Tensor grad_u, Tensor hidden, Tensor keys, Tensor weight, Tensor a, Tensor c, "
+        "Tensor ln_weight, Tensor ln_bias, float eps, str gather, Tensor? index) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
     ),
     "embed_mux_fwd": (
         "(Tensor input_ids, Tensor word_embeddings, Tensor position_embeddings, "
@@ -201,6 +232,41 @@ def _mlp_demux_bwd(grad_u, pre, bias, ln_weight, ln_bias, eps):
     )
 
 
+def _index_demux_fwd(hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index):
+    groups, length, d = hidden.shape
+    a = hidden.new_empty((groups, num_instances, d))
+    c = hidden.new_empty((groups, 1 if gather == "sequence" else length, d))
+    return c.new_empty(gather_shape(a, c, gather, d)), a, c
+
+
+def _index_demux_bwd(grad_u, hidden, weight, a, c, ln_weight, ln_bias, *rest):
+    return (
+        torch.empty_like(hidden),
+        torch.empty_like(weight),
+        hidden.new_empty((hidden.shape[-1],)),
+        torch.empty_like(ln_weight),
+        torch.empty_like(ln_bias),
+    )
+
+
+def _index_pos_demux_fwd(hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index):
+    groups, length, d = hidden.shape
+    a = hidden.new_empty((1, keys.shape[0], d))
+    c = hidden.new_empty((groups, 1 if gather == "sequence" else length, d))
+    return c.new_empty(gather_shape(a, c, gather, d)), a, c
+
+
+def _index_pos_demux_bwd(grad_u, hidden, keys, weight, a, c, ln_weight, ln_bias, *rest):
+    return (
+        torch.empty_like(hidden),
+        torch.empty_like(keys),
+        torch.empty_like(weight),
+        hidden.new_empty((hidden.shape[-1],)),
+        torch.empty_like(ln_weight),
+        torch.empty_like(ln_bias),
+    )
+
+
 def _embed_mux_fwd(input_ids, word_embeddings, *rest):
     groups, _, length = input_ids.shape
     return word_embeddings.new_empty((groups, length, word_embeddings.shape[1]))
@@ -218,6 +284,10 @@ FAKES: dict[str, Callable[..., object]] = {
     "demux_project_fwd": _demux_project_fwd,
     "mlp_demux_fwd": _mlp_demux_fwd,
     "mlp_demux_bwd": _mlp_demux_bwd,
+    "index_demux_fwd": _index_demux_fwd,
+    "index_demux_bwd": _index_demux_bwd,
+    "index_pos_demux_fwd": _index_pos_demux_fwd,
+    "index_pos_demux_bwd": _index_pos_demux_bwd,
     "embed_mux_fwd": _embed_mux_fwd,
 }
 

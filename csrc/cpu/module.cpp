@@ -1,0 +1,11 @@
+// The Python module muxkernels._C_cpu. Loading its shared library runs the TORCH_LIBRARY_IMPL
+// blocks of the other files in csrc/cpu/, which register the CPU implementations of the
+// muxkernels::<name>_cpu operators; the operators themselves (their schemas,
+// muxkernels/_opdefs.py SCHEMAS) and their fakes are defined from Python, by
+// muxkernels/_cpu/_compiled.py, after the import.
+
+#include <pybind11/pybind11.h>
+
+PYBIND11_MODULE(_C_cpu, module) {
+  module.doc() = "muxkernels compiled CPU operator implementations (registered on import)";
+}

@@ -1,0 +1,53 @@
+"""The cpu backend's compiled kernels, ``muxkernels._C_cpu`` (csrc/cpu/), when built.
+
+Importing the module registers the CPU implementations of the ``muxkernels::<name>_cpu``
+operators; ``load()`` then defines them with their schemas (``muxkernels._opdefs``) and
+registers their fakes, as ``muxkernels._extension`` does for the CUDA ones. setup.py
+builds the module on every install that can import torch (CPU-only torch included), so
+without it (a source tree never built, a plain ``pip install .`` under build isolation, a
+failed compile) the cpu backend runs its ATen form instead; ``muxkernels info`` says which
+and why. ``MUXKERNELS_REQUIRE_EXTENSION=1`` makes a missing module an ImportError.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from .. import _opdefs
+from .._extension import REQUIRE_ENV_VAR
+
+MODULE = "muxkernels._C_cpu"
+
+_loaded: bool | None = None  # None: not tried yet
+_error: BaseException | None = None
+
+
+def load() -> bool:
+    """Imports ``muxkernels._C_cpu`` once and says whether its operators are defined."""
+    global _loaded, _error
+    if _loaded is None:
+        try:
+            importlib.import_module(MODULE)
+            _opdefs.define_implemented("cpu")
+        except (ImportError, OSError, RuntimeError) as err:
+            _error, _loaded = err, False
+        else:
+            _opdefs.register_fakes("cpu")
+            _loaded = True
+    if not _loaded and os.environ.get(REQUIRE_ENV_VAR) == "1":
+        raise ImportError(
+            f"{REQUIRE_ENV_VAR}=1 but the compiled cpu kernels {MODULE} cannot be imported: "
+            f"{type(_error).__name__}: {_error}"
+        ) from _error
+    return _loaded
+
+
+def load_error() -> BaseException | None:
+    """Why ``load()`` failed, or None."""
+    return _error
+
+
+def available() -> bool:
+    """Whether the cpu backend runs its compiled kernels (the module loaded)."""
+    return _loaded if _loaded is not None else load()
