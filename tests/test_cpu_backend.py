@@ -4,7 +4,9 @@ The cpu backend picks, by input size, the form with the fewest ATen calls (small
 or the least arithmetic (large ones), and builds the projected token gather a few groups
 at a time past ``CHUNK_BYTES``; the op tables of the other tests use small inputs only.
 Here every demultiplexer and gather runs on both sides of ``SMALL_ELEMENTS`` and across
-chunks, in float32, float64 and bfloat16 (computed in float32), forward and gradients.
+chunks, in float32, float64 and bfloat16 (computed in float32), forward and gradients,
+each test twice: with the compiled kernels (``muxkernels._C_cpu``, where built) and in the
+ATen form the backend runs without them.
 """
 
 from __future__ import annotations
@@ -14,8 +16,20 @@ import torch
 from helpers import BACKEND, assert_close, float64_grads, randn
 
 import muxkernels as mk
+import muxkernels._cpu as cpu_backend
 from muxkernels import reference
-from muxkernels._cpu import _chunks, demultiplex, multiplex
+from muxkernels._cpu import _chunks, _compiled, demultiplex, multiplex
+
+
+@pytest.fixture(autouse=True, params=["kernels", "aten"])
+def form(request, monkeypatch):
+    """The demuxes with the compiled kernels, or in ATen ops as without them."""
+    if request.param == "kernels" and not _compiled.available():
+        pytest.skip(f"muxkernels._C_cpu is not built ({_compiled.load_error()!r})")
+    if request.param == "aten":
+        monkeypatch.setattr(cpu_backend, "runs_kernels", lambda data: False)
+    return request.param
+
 
 N, D = 3, 16
 # (B', L): B'·L'·d below SMALL_ELEMENTS, and above it (L' = L + N + 1)

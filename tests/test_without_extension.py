@@ -1,4 +1,4 @@
-"""The package imports and works when the compiled extension is absent."""
+"""The package imports and works when the compiled extensions are absent."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent(
 
     class BlockCompiledExtension(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "muxkernels._C":
-                raise ImportError("muxkernels._C blocked for this test")
+            if name in ("muxkernels._C", "muxkernels._C_cpu"):
+                raise ImportError(f"{name} blocked for this test")
             return None
 
     sys.meta_path.insert(0, BlockCompiledExtension())
@@ -26,8 +26,13 @@ SCRIPT = textwrap.dedent(
     import torch
     import muxkernels
     from muxkernels import _extension
+    from muxkernels._cpu import _compiled
 
     assert _extension.load() is False
+    hidden, weight = torch.randn(2, 6, 8), torch.randn(8, 16)
+    bias, ln_w, ln_b = torch.randn(8), torch.randn(8), torch.randn(8)
+    u = muxkernels.index_demux(hidden, weight, bias, ln_w, ln_b, num_instances=2)  # cpu, ATen
+    assert u.shape == (2, 2, 6, 8) and _compiled.available() is False
     emb, vec = torch.randn(6, 4, 8), torch.randn(3, 8)
     x = muxkernels.hadamard_mux(emb, vec)  # auto -> reference
     assert x.shape == (2, 4, 8)

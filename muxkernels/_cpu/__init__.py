@@ -16,19 +16,39 @@ tested against the reference like the kernel backends:
   concatenation), and the MLP branches one stacked GEMM for small inputs, the published
   branch-by-branch loop (each branch in cache) for large ones.
 
-There are no ``muxkernels::`` operators here: on the CPU, ATen's ops are the kernels, so
-autograd differentiates these functions and torch.compile traces them as they are.
+The demux core u = LN(gelu(a + c)) has compiled kernels besides (csrc/cpu/, the
+``muxkernels::demux_gather_{fwd,bwd}_cpu`` operators of ``muxkernels._C_cpu``): one pass
+over each row where ATen takes four calls and three intermediates. Where they are built
+(``runs_kernels``), the index and index_pos demuxes run them like the GPU backends run
+theirs (``muxkernels.ops``); the functions here are the ATen form, used without them and
+for half data. Everything else is ATen ops, which autograd differentiates and
+torch.compile traces as they are.
 """
 
-from .demultiplex import index_demux, index_pos_demux, mlp_demux
+import torch
+
+from . import kernels
+from ._chunks import OWN_DTYPES
+from ._compiled import available as _kernels_available
+from .demultiplex import index_demux, index_pos_demux, mlp_demux, projects_in_chunks
 from .multiplex import embed_mux, hadamard_mux, lowrank_ortho_mux, ortho_mux
+
+
+def runs_kernels(data: torch.Tensor) -> bool:
+    """Whether the cpu backend runs its compiled demux kernels on ``data``: float32 or
+    float64 (half data is computed in float32 by the ATen form) and the kernels built."""
+    return data.dtype in OWN_DTYPES and _kernels_available()
+
 
 __all__ = [
     "embed_mux",
     "hadamard_mux",
     "index_demux",
     "index_pos_demux",
+    "kernels",
     "lowrank_ortho_mux",
     "mlp_demux",
     "ortho_mux",
+    "projects_in_chunks",
+    "runs_kernels",
 ]

@@ -49,6 +49,21 @@ def _project(u: torch.Tensor, project: Projection) -> torch.Tensor:
     return u if project is None else F.linear(u, *project)
 
 
+def _projection_chunks(groups: int, n: int, length: int, d: int, itemsize: int) -> list[slice]:
+    """The group chunks of a projected token gather: u and its pre-activation in cache."""
+    return group_chunks(groups, 2 * n * length * d * itemsize)
+
+
+def projects_in_chunks(hidden: torch.Tensor, num_instances: int, gather: str) -> bool:
+    """Whether a projected demux of ``hidden`` is built in group chunks, so that u (B', N, L',
+    d) never leaves the cache: then the chunked form beats writing u whole (the compiled
+    kernels' form), which at B'=8, L'=138, d=768, N=10 was 25 % slower forward+backward."""
+    if gather != "token":
+        return False
+    groups, length, d = hidden.shape
+    return len(_projection_chunks(groups, num_instances, length, d, 4)) > 1
+
+
 def _token(
     a: torch.Tensor,
     c: torch.Tensor,
@@ -62,7 +77,7 @@ def _token(
     groups, length, d = c.shape
     if project is None:
         return _gelu_layer_norm(a.unsqueeze(2) + c.unsqueeze(1), ln_weight, ln_bias, eps, d)
-    chunks = group_chunks(groups, 2 * a.shape[1] * length * d * c.element_size())
+    chunks = _projection_chunks(groups, a.shape[1], length, d, c.element_size())
     if len(chunks) == 1:  # in one piece
         u = _gelu_layer_norm(a.unsqueeze(2) + c.unsqueeze(1), ln_weight, ln_bias, eps, d)
         return F.linear(u, *project)

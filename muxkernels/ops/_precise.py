@@ -48,9 +48,29 @@ def mm(a: torch.Tensor, b: torch.Tensor, half: torch.dtype | None) -> torch.Tens
     return sum(products[1:], products[0])
 
 
+def records_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on ``tensors`` (grad mode on, one requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def half_of(data: torch.Tensor) -> torch.dtype | None:
     """The data's dtype if it is a half type, else None."""
     return data.dtype if data.dtype in HALF else None
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    y = mm(rows, weight.t(), half_of(x))
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:class:`Linear`, without its autograd node when no gradient is recorded."""
+    if records_grad(x, weight, bias):
+        return Linear.apply(x, weight, bias)
+    return _linear(x, weight, bias)
 
 
 class Linear(torch.autograd.Function):
@@ -62,11 +82,7 @@ class Linear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         ctx.save_for_backward(x, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
-        rows = x.reshape(-1, x.shape[-1])
-        y = mm(rows, weight.t(), half_of(x))
-        if bias is not None:
-            y = y + bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return _linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
@@ -83,6 +99,27 @@ class Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+def _index_demux_terms(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n: int, sequence: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    d = hidden.shape[-1]
+    half = half_of(hidden)
+    a = mm(hidden[:, :n].reshape(-1, d), weight[:, :d].t(), half)
+    rows = hidden[:, n : n + 1] if sequence else hidden
+    c = mm(rows.reshape(-1, d), weight[:, d:].t(), half)
+    c = c + bias.to(c.dtype)
+    return a.reshape(hidden.shape[0], n, d), c.reshape(rows.shape)
+
+
+def index_demux_terms(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n: int, sequence: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`IndexDemuxTerms`, without its autograd node when no gradient is recorded."""
+    if records_grad(hidden, weight, bias):
+        return IndexDemuxTerms.apply(hidden, weight, bias, n, sequence)
+    return _index_demux_terms(hidden, weight, bias, n, sequence)
+
+
 class IndexDemuxTerms(torch.autograd.Function):
     """forward(hidden (B', L', d), weight (d, 2d), bias (d), n, sequence) -> (A, C):
     A[g,i] = W_p hidden[g,i] for i < n, C[g,t] = W_h hidden[g,t] + b for every t (only
@@ -92,15 +129,9 @@ class IndexDemuxTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, n: int, sequence: bool):
-        d = hidden.shape[-1]
-        half = half_of(hidden)
         ctx.save_for_backward(hidden, weight, bias)
         ctx.n, ctx.sequence = n, sequence
-        a = mm(hidden[:, :n].reshape(-1, d), weight[:, :d].t(), half)
-        rows = hidden[:, n : n + 1] if sequence else hidden
-        c = mm(rows.reshape(-1, d), weight[:, d:].t(), half)
-        c = c + bias.to(c.dtype)
-        return a.reshape(hidden.shape[0], n, d), c.reshape(rows.shape)
+        return _index_demux_terms(hidden, weight, bias, n, sequence)
 
     @staticmethod
     def backward(ctx, da: torch.Tensor, dc: torch.Tensor):

@@ -16,6 +16,7 @@ import torch
 
 from .. import _opdefs
 from ..reference._common import compute_dtype
+from ._precise import records_grad
 
 KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 KERNELS = ("demux_gather_fwd", "demux_gather_bwd")
@@ -34,6 +35,29 @@ def _gather_args(ctx) -> tuple:
 def _save(ctx, a, c, ln_weight, ln_bias, eps, gather, index, position, backend, *more) -> None:
     ctx.save_for_backward(a, c, ln_weight, ln_bias, index, *more)
     ctx.eps, ctx.gather, ctx.position, ctx.backend = eps, gather, position, backend
+
+
+def demux_gather(
+    a: torch.Tensor,
+    c: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    gather: str,
+    index: torch.Tensor | None,
+    sequence_position: int,
+    backend: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:class:`DemuxGather`, or its forward operator alone when no gradient is recorded (an
+    autograd node costs more than the whole kernel on a small CPU input)."""
+    args = (a, c, ln_weight, ln_bias, eps, gather, index, sequence_position)
+    if records_grad(a, c, ln_weight, ln_bias):
+        return DemuxGather.apply(*args, backend, out_dtype)
+    return _opdefs.kernel("demux_gather_fwd", backend)(
+        a.contiguous(), c.contiguous(), ln_weight.contiguous(), ln_bias.contiguous(),
+        *args[4:], out_dtype,
+    )  # fmt: skip
 
 
 class DemuxGather(torch.autograd.Function):

@@ -18,14 +18,14 @@ from .._checks import check_nonempty, check_num_instances, check_rank, check_ten
 from ..reference import Gather
 from ..reference._common import compute_dtype
 from . import _validate
-from ._precise import IndexDemuxTerms, Linear
+from ._precise import index_demux_terms, linear
 from .demux_gather import (
     KERNEL_BACKENDS,
     KERNELS,
     PROJECT_BACKENDS,
     PROJECT_KERNEL,
-    DemuxGather,
     DemuxGatherProject,
+    demux_gather,
 )
 
 
@@ -44,7 +44,7 @@ def _split_terms(
     """A = p W_pᵀ (B', N, d) and C = h W_hᵀ + b, only at t = N for the sequence gather, in
     float32 for half data (``_precise``). Returns (A, C, the position of t = N in C)."""
     sequence = gather == "sequence"
-    a, c = IndexDemuxTerms.apply(hidden, weight, bias, n, sequence)
+    a, c = index_demux_terms(hidden, weight, bias, n, sequence)
     return a, c, 0 if sequence else n
 
 
@@ -90,11 +90,12 @@ def index_demux(
             hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, index
         )
     if chosen == "cpu":
-        return _cpu.index_demux(
-            hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, _long(index)
-        )
+        args = (hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, _long(index))
+        if _cpu.runs_kernels(hidden):
+            return _cpu.kernels.index_demux(*args)
+        return _cpu.index_demux(*args)
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
-    return DemuxGather.apply(
+    return demux_gather(
         a, c, ln_weight, ln_bias, eps, gather, _long(index), position, chosen, hidden.dtype
     )
 
@@ -150,9 +151,10 @@ def index_demux_logits(
         bias_ct = None if proj_bias is None else proj_bias.to(ct)
         return F.linear(u.to(ct), proj_weight.to(ct), bias_ct).to(hidden.dtype)
     if chosen == "cpu":
-        project = (proj_weight, proj_bias)
-        args = (hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather)
-        return _cpu.index_demux(*args, _long(index), project)
+        args = (hidden, weight, bias, ln_weight, ln_bias, num_instances, eps, gather, _long(index))
+        if _cpu.runs_kernels(hidden) and not _cpu.projects_in_chunks(hidden, num_instances, gather):
+            return F.linear(_cpu.kernels.index_demux(*args), proj_weight, proj_bias)
+        return _cpu.index_demux(*args, (proj_weight, proj_bias))
     a, c, position = _split_terms(hidden, weight, bias, num_instances, gather)
     index = _long(index)
     if fusable and _opdefs.has_operator(PROJECT_KERNEL, chosen):
@@ -160,7 +162,5 @@ def index_demux_logits(
             a, c, ln_weight, ln_bias, proj_weight, proj_bias, eps, gather, index, position,
             chosen, hidden.dtype,
         )  # fmt: skip
-    u = DemuxGather.apply(
-        a, c, ln_weight, ln_bias, eps, gather, index, position, chosen, hidden.dtype
-    )
-    return Linear.apply(u, proj_weight, proj_bias).to(hidden.dtype)
+    u = demux_gather(a, c, ln_weight, ln_bias, eps, gather, index, position, chosen, hidden.dtype)
+    return linear(u, proj_weight, proj_bias).to(hidden.dtype)

@@ -54,10 +54,11 @@ def index_pos_demux(
             hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
         )
     if chosen == "cpu":
-        index = None if index is None else index.long()
-        return _cpu.index_pos_demux(
-            hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
-        )
+        index = None if index is None else index.long().contiguous()
+        args = (hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index)
+        if _cpu.runs_kernels(hidden):
+            return _cpu.kernels.index_pos_demux(*args)
+        return _cpu.index_pos_demux(*args)
     # c_i = W_k k_i + b and W_h h, in float32 for half data (``_precise``)
     a = Linear.apply(keys, weight[:, :d], bias)[None]  # (1, N, d)
     rows = hidden[:, :1] if gather == "sequence" else hidden
