@@ -62,7 +62,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> index_demux_fwd(
   const Terms t = check_terms(op, hidden, weight, num_instances, gather);
   check_float_tensor(op, "bias", bias, hidden.scalar_type(), 1);
   TORCH_CHECK(bias.size(0) == t.d, op, "bias must have shape (", t.d, "), got ", bias.sizes());
-  const at::Tensor a = at::matmul(t.prefix, t.w_p.t()).contiguous();
+  // mm on the prefix rows copied out (at::matmul would batch a 3-D strided view, 2.6x
+  // slower at B'=8, L'=131, d=768)
+  const at::Tensor a =
+      at::mm(t.prefix.reshape({-1, t.d}), t.w_p.t()).view({hidden.size(0), t.n, t.d});
   const at::Tensor c = at::addmm(bias, t.rows.reshape({-1, t.d}), t.w_h.t())
                            .view({hidden.size(0), t.rows.size(1), t.d});
   at::Tensor u = demux_gather_fwd(a, c, ln_weight, ln_bias, eps, gather, index, 0,
@@ -94,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> index_dem
   } else {
     d_hidden = d_rows;
   }
-  d_hidden.narrow(1, 0, t.n).add_(at::matmul(da, t.w_p));
+  d_hidden.narrow(1, 0, t.n).add_(at::mm(da2, t.w_p).view(da.sizes()));
   const at::Tensor d_weight = at::cat(
       {at::mm(da2.t(), t.prefix.reshape({-1, t.d})), at::mm(dc2.t(), t.rows.reshape({-1, t.d}))},
       1);
