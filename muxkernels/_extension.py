@@ -62,32 +62,38 @@ def load() -> bool:
     if _loaded is None:
         with _lock:
             if _loaded is None:
-                try:
-                    importlib.import_module(_MODULE)
-                    _define_operators()
-                except (ImportError, OSError) as err:
-                    _error = err
-                    _loaded = False
-                else:
-                    _opdefs.register_fakes("cuda")
-                    _loaded = True
-    if not _loaded and os.environ.get(REQUIRE_ENV_VAR) == "1":
-        raise ImportError(
-            f"{REQUIRE_ENV_VAR}=1 but the compiled extension {_MODULE} cannot be imported: "
-            + _install.explain(_error)
-        ) from _error
+                _error = import_operators(_MODULE, "cuda")
+                _loaded = _error is None
+    if not _loaded:
+        fail_if_required(f"the compiled extension {_MODULE}", _install.explain(_error), _error)
     return _loaded
 
 
-def _define_operators() -> None:
-    """Defines the operators the extension implements; ImportError if their types differ."""
+def import_operators(module: str, backend: str) -> BaseException | None:
+    """Imports the compiled extension ``module``, defines the ``muxkernels::<name>_<backend>``
+    operators it implements and registers their fakes. Returns the error that stopped it
+    (missing, unloadable, or implementations whose types differ from the schemas), or None.
+    """
     try:
-        _opdefs.define_implemented("cuda")
-    except RuntimeError as err:
-        raise ImportError(
-            f"{_MODULE} does not implement the operator schemas of muxkernels._opdefs (built "
-            f"from other sources? rebuild it): {err}"
-        ) from err
+        importlib.import_module(module)
+        try:
+            _opdefs.define_implemented(backend)
+        except RuntimeError as err:
+            raise ImportError(
+                f"{module} does not implement the operator schemas of muxkernels._opdefs "
+                f"(built from other sources? rebuild it): {err}"
+            ) from err
+    except (ImportError, OSError) as err:
+        return err
+    _opdefs.register_fakes(backend)
+    return None
+
+
+def fail_if_required(what: str, why: str, error: BaseException | None) -> None:
+    """ImportError (chained to ``error``) when ``MUXKERNELS_REQUIRE_EXTENSION=1``: ``what``
+    cannot be imported, because ``why``."""
+    if os.environ.get(REQUIRE_ENV_VAR) == "1":
+        raise ImportError(f"{REQUIRE_ENV_VAR}=1 but {what} cannot be imported: {why}") from error
 
 
 def load_error() -> BaseException | None:

@@ -11,11 +11,7 @@ and why. ``MUXKERNELS_REQUIRE_EXTENSION=1`` makes a missing module an ImportErro
 
 from __future__ import annotations
 
-import importlib
-import os
-
-from .. import _opdefs
-from .._extension import REQUIRE_ENV_VAR
+from .. import _extension
 
 MODULE = "muxkernels._C_cpu"
 
@@ -27,19 +23,11 @@ def load() -> bool:
     """Imports ``muxkernels._C_cpu`` once and says whether its operators are defined."""
     global _loaded, _error
     if _loaded is None:
-        try:
-            importlib.import_module(MODULE)
-            _opdefs.define_implemented("cpu")
-        except (ImportError, OSError, RuntimeError) as err:
-            _error, _loaded = err, False
-        else:
-            _opdefs.register_fakes("cpu")
-            _loaded = True
-    if not _loaded and os.environ.get(REQUIRE_ENV_VAR) == "1":
-        raise ImportError(
-            f"{REQUIRE_ENV_VAR}=1 but the compiled cpu kernels {MODULE} cannot be imported: "
-            f"{type(_error).__name__}: {_error}"
-        ) from _error
+        _error = _extension.import_operators(MODULE, "cpu")
+        _loaded = _error is None
+    if not _loaded:
+        why = f"{type(_error).__name__}: {_error}"
+        _extension.fail_if_required(f"the compiled cpu kernels {MODULE}", why, _error)
     return _loaded
 
 
