@@ -4,10 +4,10 @@
 //   u[g,i,t] = LN(gelu(a[g',i] + c[g,t])),  g' = g, or 0 when a is broadcast (a.size(0) == 1),
 //
 // gathered "token" (B', N, L', d), "sequence" at t = sequence_position (B', N, d) or
-// "selected" with i = index[g,t] (B', L', d). One pass over each output row computes the
-// sum, gelu and LayerNorm in registers and cache, where ATen needs four calls and three
-// intermediate tensors; the backward recomputes the row from a and c and adds its gradients
-// into da and dc in the same pass (design §3).
+// "selected" with i = index[g,t] (B', L', d). Each output row is computed in cache (the
+// sum, gelu and LayerNorm), where ATen needs four calls and three intermediate tensors;
+// the backward recomputes the row from a and c and adds its gradients into da and dc in
+// the same pass (design §3).
 //
 // Data: float32 or float64, every floating input and the output in one dtype (the cpu
 // backend computes half data in float32); accumulation in that dtype. float32 uses gelu
@@ -97,28 +97,6 @@ MUX_INLINE Normal<double> normal(double p) {
 
 // ---------------------------------------------------------------------------------------
 // One row of d elements.
-
-// out = LN(gelu(a + c)) with affine (w, b): gelu and its sum in one pass, the variance of
-// the centred values in a second, the normalized affine output in a third.
-template <typename T>
-MUX_INLINE void forward_row(const T* __restrict__ a, const T* __restrict__ c,
-                            const T* __restrict__ w, const T* __restrict__ b, T eps, int64_t d,
-                            T* __restrict__ out) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t k = 0; k < d; ++k) {
-    const T p = a[k] + c[k];
-    out[k] = p * normal(p).cdf;
-    sum += out[k];
-  }
-  const T mean = sum / static_cast<T>(d);
-  T var = 0;
-#pragma omp simd reduction(+ : var)
-  for (int64_t k = 0; k < d; ++k) var += (out[k] - mean) * (out[k] - mean);
-  const T rstd = T(1) / std::sqrt(var / static_cast<T>(d) + eps);
-#pragma omp simd
-  for (int64_t k = 0; k < d; ++k) out[k] = (out[k] - mean) * rstd * w[k] + b[k];
-}
 
 // The gradient of one row: dpre = d/dpre of <du, LN(gelu(a + c))>; adds du·x̂ to dw and du
 // to db. xhat and dgelu are scratch rows of d.
@@ -213,17 +191,55 @@ MUX_INLINE void row_operands(const Sizes& s, const T* a, const T* c, const int64
   *position = t;
 }
 
+// out = LN(gelu(a + c)) with affine (w, b) for every row of groups [g0, g1), a block of
+// rows at a time, each step over the whole block: gelu and its sum, then the variance of
+// the centred values, then the normalized affine output. A row's steps wait on its
+// reductions (a horizontal sum, then a sqrt and a division); the rows of a block are
+// independent, so their chains overlap: at d = 64, 8-row blocks made the forward 1.27x
+// faster than one row at a time (B'=2, N=40, L'=57).
 template <typename T>
 MUX_INLINE void forward_groups(const Sizes& s, const T* a, const T* c, const T* w, const T* b,
                                const int64_t* index, T eps, T* out, int64_t g0, int64_t g1) {
   const int64_t rows = s.rows_per_group();
+  const int64_t d = s.d;
+  constexpr int64_t kBlock = 8;
   for (int64_t g = g0; g < g1; ++g) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* a_row;
-      const T* c_row;
-      int64_t i, t;
-      row_operands(s, a, c, index, g, r, &a_row, &c_row, &i, &t);
-      forward_row(a_row, c_row, w, b, eps, s.d, out + (g * rows + r) * s.d);
+    for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+      const int64_t count = std::min(kBlock, rows - r0);
+      T mean[kBlock];
+      T rstd[kBlock];
+      T* o[kBlock];
+      for (int64_t j = 0; j < count; ++j) {
+        const T* a_row;
+        const T* c_row;
+        int64_t i, t;
+        row_operands(s, a, c, index, g, r0 + j, &a_row, &c_row, &i, &t);
+        o[j] = out + (g * rows + r0 + j) * d;
+        T* __restrict__ oj = o[j];
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t k = 0; k < d; ++k) {
+          const T p = a_row[k] + c_row[k];
+          oj[k] = p * normal(p).cdf;
+          sum += oj[k];
+        }
+        mean[j] = sum / static_cast<T>(d);
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        const T* __restrict__ oj = o[j];
+        const T m = mean[j];
+        T var = 0;
+#pragma omp simd reduction(+ : var)
+        for (int64_t k = 0; k < d; ++k) var += (oj[k] - m) * (oj[k] - m);
+        rstd[j] = T(1) / std::sqrt(var / static_cast<T>(d) + eps);
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        T* __restrict__ oj = o[j];
+        const T m = mean[j];
+        const T rs = rstd[j];
+#pragma omp simd
+        for (int64_t k = 0; k < d; ++k) oj[k] = (oj[k] - m) * rs * w[k] + b[k];
+      }
     }
   }
 }
