@@ -116,9 +116,7 @@ def build_command() -> str:
     """
     import torch
 
-    source = source_dir()
-    target = f"-e {source}" if source is not None else "<the muxkernels source directory>"
-    install = f"{BUILD_ENV_VAR}=1 pip install --no-build-isolation {target}"
+    install = f"{BUILD_ENV_VAR}=1 pip install --no-build-isolation {_install_target()}"
     if shutil.which("ninja") is None:
         install = f"pip install ninja && {install}"
     toolkit = find_cuda_home()
@@ -138,9 +136,13 @@ def build_command() -> str:
 
 def cpu_build_command() -> str:
     """What to run to build ``muxkernels._C_cpu``, the cpu backend's kernels (any torch)."""
+    return f"pip install --no-build-isolation {_install_target()} (needs a C++ compiler)"
+
+
+def _install_target() -> str:
+    """What pip installs from: this source tree, editable, or the source directory."""
     source = source_dir()
-    target = f"-e {source}" if source is not None else "<the muxkernels source directory>"
-    return f"pip install --no-build-isolation {target} (needs a C++ compiler)"
+    return f"-e {source}" if source is not None else "<the muxkernels source directory>"
 
 
 def _absent(error: BaseException | None) -> bool:

@@ -61,7 +61,7 @@ def projects_in_chunks(hidden: torch.Tensor, num_instances: int, gather: str) ->
     if gather != "token":
         return False
     groups, length, d = hidden.shape
-    return len(_projection_chunks(groups, num_instances, length, d, 4)) > 1
+    return len(_projection_chunks(groups, num_instances, length, d, hidden.element_size())) > 1
 
 
 def _token(

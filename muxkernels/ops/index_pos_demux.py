@@ -12,8 +12,8 @@ import torch
 from .. import _backend, _cpu, reference
 from ..reference import Gather
 from . import _validate
-from ._precise import Linear
-from .demux_gather import KERNEL_BACKENDS, KERNELS, DemuxGather
+from ._precise import linear
+from .demux_gather import KERNEL_BACKENDS, KERNELS, demux_gather
 
 
 def index_pos_demux(
@@ -53,15 +53,14 @@ def index_pos_demux(
         return reference.index_pos_demux(
             hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index
         )
+    index = None if index is None else index.long().contiguous()
     if chosen == "cpu":
-        index = None if index is None else index.long().contiguous()
         args = (hidden, keys, weight, bias, ln_weight, ln_bias, eps, gather, index)
         if _cpu.runs_kernels(hidden):
             return _cpu.kernels.index_pos_demux(*args)
         return _cpu.index_pos_demux(*args)
     # c_i = W_k k_i + b and W_h h, in float32 for half data (``_precise``)
-    a = Linear.apply(keys, weight[:, :d], bias)[None]  # (1, N, d)
+    a = linear(keys, weight[:, :d], bias)[None]  # (1, N, d)
     rows = hidden[:, :1] if gather == "sequence" else hidden
-    c = Linear.apply(rows, weight[:, d:], None)
-    index = None if index is None else index.long().contiguous()
-    return DemuxGather.apply(a, c, ln_weight, ln_bias, eps, gather, index, 0, chosen, hidden.dtype)
+    c = linear(rows, weight[:, d:], None)
+    return demux_gather(a, c, ln_weight, ln_bias, eps, gather, index, 0, chosen, hidden.dtype)
