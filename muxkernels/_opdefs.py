@@ -66,6 +66,12 @@ embed_mux_fwd(input_ids (B',N,L), word, position, token_type, ln_weight, ln_bias
               vectors, position_ids, token_type_ids, mixed_position_ids (B',L),
               mixed_token_type_ids (B',L), eps) -> x (B',L,d)
     design §1's fused front end; see ``muxkernels.reference.embed_mux``
+embed_mux_bwd(grad_x (B',L,d), input_ids, word, position, token_type, ln_weight,
+              ln_bias, vectors, position_ids, token_type_ids, mixed_position_ids,
+              mixed_token_type_ids, eps) -> (d_word, d_position, d_token_type,
+              d_ln_weight, d_ln_bias, d_vectors)
+    recomputed from the ids (nothing saved); the tables' gradients are dense, zero in
+    the rows no id names (the cpu backend only; its id tensors may be expanded views)
 """
 
 from __future__ import annotations
@@ -134,6 +140,13 @@ SCHEMAS: dict[str, str] = {
         "Tensor token_type_embeddings, Tensor ln_weight, Tensor ln_bias, Tensor vectors, "
         "Tensor position_ids, Tensor token_type_ids, Tensor mixed_position_ids, "
         "Tensor mixed_token_type_ids, float eps) -> Tensor"
+    ),
+    "embed_mux_bwd": (
+        "(Tensor grad_x, Tensor input_ids, Tensor word_embeddings, Tensor position_embeddings, "
+        "Tensor token_type_embeddings, Tensor ln_weight, Tensor ln_bias, Tensor vectors, "
+        "Tensor position_ids, Tensor token_type_ids, Tensor mixed_position_ids, "
+        "Tensor mixed_token_type_ids, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
     ),
 }
 
@@ -272,6 +285,11 @@ def _embed_mux_fwd(input_ids, word_embeddings, *rest):
     return word_embeddings.new_empty((groups, length, word_embeddings.shape[1]))
 
 
+def _embed_mux_bwd(grad_x, input_ids, *params_and_ids):
+    # the gradients of word, position, token_type, ln_weight, ln_bias and vectors
+    return tuple(torch.empty_like(t) for t in params_and_ids[:6])
+
+
 FAKES: dict[str, Callable[..., object]] = {
     "hadamard_mux_fwd": _hadamard_mux_fwd,
     "hadamard_mux_bwd": _hadamard_mux_bwd,
@@ -289,6 +307,7 @@ FAKES: dict[str, Callable[..., object]] = {
     "index_pos_demux_fwd": _index_pos_demux_fwd,
     "index_pos_demux_bwd": _index_pos_demux_bwd,
     "embed_mux_fwd": _embed_mux_fwd,
+    "embed_mux_bwd": _embed_mux_bwd,
 }
 
 

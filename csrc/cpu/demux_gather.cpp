@@ -37,15 +37,6 @@ namespace {
 
 enum class Gather { kToken, kSequence, kSelected };
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define MUX_ROW_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MUX_ROW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MUX_ROW_CLONES
-#endif
-#define MUX_INLINE inline __attribute__((always_inline))
-
 // ---------------------------------------------------------------------------------------
 // gelu(p) = p Φ(p) and gelu'(p) = Φ(p) + p φ(p), sharing e = exp(-p²/2).
 
@@ -374,15 +365,6 @@ const int64_t* index_data(const Sizes& s, const std::optional<at::Tensor>& index
 }
 
 }  // namespace
-
-void check_float_tensor(const char* op, const char* name, const at::Tensor& t,
-                        at::ScalarType dtype, int64_t rank) {
-  TORCH_CHECK(t.device().is_cpu(), op, name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, name, " must have the data's dtype ", dtype,
-              " (float32 or float64), got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == rank, op, name, " must have rank ", rank, ", got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, name, " must be contiguous");
-}
 
 at::Tensor demux_gather_fwd(const at::Tensor& a, const at::Tensor& c,
                             const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps,

@@ -6,11 +6,9 @@
 #include <optional>
 #include <tuple>
 
-namespace muxkernels::cpu {
+#include "cpu/common.h"
 
-// Fails, naming the argument, unless t is a contiguous CPU tensor of `dtype` and `rank`.
-void check_float_tensor(const char* op, const char* name, const at::Tensor& t,
-                        at::ScalarType dtype, int64_t rank);
+namespace muxkernels::cpu {
 
 // u[g,i,t] = LN(gelu(a[g',i] + c[g,t])) by gather; see demux_gather.cpp.
 at::Tensor demux_gather_fwd(const at::Tensor& a, const at::Tensor& c,

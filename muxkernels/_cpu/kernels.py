@@ -1,12 +1,15 @@
-"""The cpu backend's compiled demuxes (csrc/cpu/index_demux.cpp), as autograd ops.
+"""The cpu backend's compiled kernels (csrc/cpu/), as autograd ops.
 
-u[g,i,t] = LN(gelu(W · [p_i; h_t] + b)) (design §3; p_i = k_i for the index_pos demux,
-§4) in one operator call forward (``muxkernels::index_demux_fwd_cpu`` or
-``index_pos_demux_fwd_cpu``: both GEMMs and the fused gelu + LayerNorm pass) and one
-backward (``*_bwd_cpu``), for float32 and float64 data whose parameters share its dtype.
-Used by ``muxkernels.ops`` when ``runs_kernels`` holds. Without a gradient to record, the
-forward operator runs alone (no autograd node: on a small input that costs more than the
-kernel).
+- The demuxes, u[g,i,t] = LN(gelu(W · [p_i; h_t] + b)) (design §3; p_i = k_i for the
+  index_pos demux, §4): one operator call forward (``muxkernels::index_demux_fwd_cpu`` or
+  ``index_pos_demux_fwd_cpu``: both GEMMs and the fused gelu + LayerNorm pass) and one
+  backward (``*_bwd_cpu``).
+- The fused front end (design §1), x = LN((1/N) Σ_i v_i ⊙ LN(word + pos + type)_i + pos' +
+  type'): ``embed_mux_fwd_cpu`` and ``embed_mux_bwd_cpu``, which recomputes from the ids.
+
+For float32 and float64 data whose parameters share its dtype; used by ``muxkernels.ops``
+when ``runs_kernels`` holds. Without a gradient to record, the forward operator runs alone
+(no autograd node: on a small input that costs more than the kernel).
 """
 
 from __future__ import annotations
@@ -102,3 +105,50 @@ def index_pos_demux(
         return IndexPosDemux.apply(*params, eps, gather, index)
     u, _, _ = _opdefs.kernel("index_pos_demux_fwd", "cpu")(*params, eps, gather, index)
     return u
+
+
+class EmbedMux(torch.autograd.Function):
+    """forward(input_ids, word, position, token_type, ln_weight, ln_bias, vectors,
+    position_ids, token_type_ids, mixed_position_ids, mixed_token_type_ids, eps) -> x;
+    backward recomputes every row from the ids (nothing but the inputs is saved)."""
+
+    @staticmethod
+    def forward(ctx, ids, word, pos, typ, ln_weight, ln_bias, vectors, pids, tids, mpids,
+                mtids, eps):  # fmt: skip
+        ctx.save_for_backward(ids, word, pos, typ, ln_weight, ln_bias, vectors, pids, tids,
+                              mpids, mtids)  # fmt: skip
+        ctx.eps = eps
+        return _opdefs.kernel("embed_mux_fwd", "cpu")(
+            ids, word, pos, typ, ln_weight, ln_bias, vectors, pids, tids, mpids, mtids, eps
+        )
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        grads = _opdefs.kernel("embed_mux_bwd", "cpu")(
+            grad_x.contiguous(), *ctx.saved_tensors, ctx.eps
+        )
+        return (None, *grads, None, None, None, None, None)
+
+
+def embed_mux(
+    input_ids: torch.Tensor,
+    word_embeddings: torch.Tensor,
+    position_embeddings: torch.Tensor,
+    token_type_embeddings: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    vectors: torch.Tensor,
+    position_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    mixed_position_ids: torch.Tensor,
+    mixed_token_type_ids: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """x of the fused front end (shapes as ``muxkernels.ops.embed_mux``): int64 ids of
+    shape (B', N, L) and (B', L), expanded views included."""
+    params = _contiguous(word_embeddings, position_embeddings, token_type_embeddings,
+                         ln_weight, ln_bias, vectors)  # fmt: skip
+    ids = (input_ids, position_ids, token_type_ids, mixed_position_ids, mixed_token_type_ids)
+    if records_grad(*params):
+        return EmbedMux.apply(ids[0], *params, *ids[1:], eps)
+    return _opdefs.kernel("embed_mux_fwd", "cpu")(ids[0], *params, *ids[1:], eps)

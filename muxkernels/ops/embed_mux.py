@@ -235,7 +235,7 @@ def embed_mux(
     )
     chosen = _backend.resolve("embed_mux", backend, input_ids.device, KERNEL_BACKENDS, KERNELS)
     params = (word_embeddings, position_embeddings, token_type_embeddings, ln_weight, ln_bias)
-    if chosen == "cpu":
+    if chosen == "cpu" and not _cpu.runs_kernels(word_embeddings):
         return _cpu.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
     positions = torch.arange(length, device=input_ids.device)
     zeros = torch.zeros(length, dtype=torch.long, device=input_ids.device)
@@ -243,7 +243,10 @@ def embed_mux(
     mpos, mtyp = _full(mpos, positions, mixed), _full(mtyp, zeros, mixed)
     if chosen == "reference":
         return reference.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
-    # torch.compile cannot trace an autograd.Function given one tensor twice (tied tables,
-    # say); a view of each parameter keeps them distinct at no cost.
-    views = tuple(t.view_as(t) for t in params)
-    return EmbedMux.apply(ids, *views, vectors, pos, typ, mpos, mtyp, eps, chosen)
+    if torch.compiler.is_compiling():
+        # dynamo cannot trace an autograd.Function given one tensor twice (tied tables, say);
+        # a view of each parameter keeps them distinct (eager needs none)
+        params = tuple(t.view_as(t) for t in params)
+    if chosen == "cpu":
+        return _cpu.kernels.embed_mux(ids, *params, vectors, pos, typ, mpos, mtyp, eps)
+    return EmbedMux.apply(ids, *params, vectors, pos, typ, mpos, mtyp, eps, chosen)
