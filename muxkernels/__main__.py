@@ -55,7 +55,8 @@ def _info() -> int:
     except ImportError:
         cpu_kernels = False
     if cpu_kernels:
-        print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded (the cpu backend's demuxes)")
+        what = "the cpu backend's demuxes and embed_mux"
+        print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded ({what})")
     else:
         error = _cpu_compiled.load_error()
         print(

@@ -10,9 +10,11 @@
 // running sum. The backward recomputes a row's instance rows and returns the gradients of
 // the three tables, γ, β and the vectors.
 //
-// A table's gradient is dense (V, d), as nn.Embedding's is: ATen's zero fill, then every
-// gathered row added into its id's row in row order (ATen's embedding backward sorts the
-// ids first; at the bench's sizes its bookkeeping took as long as the 13 MB fill).
+// A table's gradient is dense (V, d), as nn.Embedding's is: ATen's zero fill, allocated
+// before anything else the backward needs, then every gathered row added into its id's row
+// in row order (ATen's embedding backward sorts the ids first). At the bench's sizes the
+// fill of the 13 MB word table is most of the backward: allocated after the temporaries,
+// the allocator moved it between calls and it missed the cache (2-4x slower fill).
 //
 // Ids: int64, (B', N, L) for the instances and (B', L) for the mixture, read by their
 // strides (so an expanded (L,) vector is not copied), every value checked against its
@@ -295,16 +297,12 @@ struct Gathered {
   const T* rows;
 };
 
-// The dense (table_rows, d) gradient of the lookups `sources`: row r is the sum of the
-// gathered rows whose id is r, added in the sources' order and then row order into ATen's
-// zero fill (each thread a block of columns, so the order does not depend on the number of
-// threads). Nothing of the table's size is allocated besides: a (V,) temporary made the
-// allocator move the (V, d) gradient from call to call, out of cache (2.5x slower fill).
+// Adds the gathered rows of `sources` into grad (a table's zeroed (V, d) gradient): row r
+// gets the gathered rows whose id is r, in the sources' order and then row order (each
+// thread a block of columns, so the order does not depend on the number of threads).
 template <typename T>
-at::Tensor table_grad(int64_t table_rows, const Sizes& s, const at::TensorOptions& options,
-                      const std::vector<Gathered<T>>& sources) {
+void add_gathered(at::Tensor& grad, const Sizes& s, const std::vector<Gathered<T>>& sources) {
   const int64_t d = s.d;
-  at::Tensor grad = at::zeros({table_rows, d}, options);
   T* out = grad.mutable_data_ptr<T>();
   at::parallel_for(0, d, kColumns, [&](int64_t k0, int64_t k1) {
     for (const Gathered<T>& src : sources) {
@@ -319,7 +317,6 @@ at::Tensor table_grad(int64_t table_rows, const Sizes& s, const at::TensorOption
           }
     }
   });
-  return grad;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -492,8 +489,12 @@ embed_mux_bwd(const at::Tensor& grad_x, const at::Tensor& input_ids,
                     grad_x.sizes() == at::IntArrayRef(shape) && grad_x.is_contiguous(),
                 op, "grad_x must be a contiguous ", dtype, " CPU tensor of shape ",
                 at::IntArrayRef(shape), ", got ", grad_x.scalar_type(), " ", grad_x.sizes());
-    const Mixing<scalar_t> mixing(f);
     const at::TensorOptions options = word_embeddings.options();
+    // The tables' gradients first (see the top of the file).
+    at::Tensor d_word = at::zeros(word_embeddings.sizes(), options);
+    at::Tensor d_pos = at::zeros(position_embeddings.sizes(), options);
+    at::Tensor d_typ = at::zeros(token_type_embeddings.sizes(), options);
+    const Mixing<scalar_t> mixing(f);
     const at::Tensor ds1 = at::empty({s.groups, s.n, s.length, s.d}, options);
     const at::Tensor ds2 = at::empty({s.groups, s.length, s.d}, options);
     const int64_t per_chunk = groups_per_chunk(s);
@@ -523,11 +524,12 @@ embed_mux_bwd(const at::Tensor& grad_x, const at::Tensor& input_ids,
     const scalar_t* c1 = p1;
     const scalar_t* c2 = p2;
     using G = Gathered<scalar_t>;
-    grads = {table_grad<scalar_t>(word_embeddings.size(0), s, options, {G{f.ids, s.n, c1}}),
-             table_grad<scalar_t>(position_embeddings.size(0), s, options,
-                                  {G{f.pids, s.n, c1}, G{f.mpids, 1, c2}}),
-             table_grad<scalar_t>(token_type_embeddings.size(0), s, options,
-                                  {G{f.tids, s.n, c1}, G{f.mtids, 1, c2}}),
+    add_gathered<scalar_t>(d_word, s, {G{f.ids, s.n, c1}});
+    add_gathered<scalar_t>(d_pos, s, {G{f.pids, s.n, c1}, G{f.mpids, 1, c2}});
+    add_gathered<scalar_t>(d_typ, s, {G{f.tids, s.n, c1}, G{f.mtids, 1, c2}});
+    grads = {d_word,
+             d_pos,
+             d_typ,
              d_ln_weight,
              d_ln_bias,
              d_vectors};

@@ -16,12 +16,12 @@ tested against the reference like the kernel backends:
   concatenation), and the MLP branches one stacked GEMM for small inputs, the published
   branch-by-branch loop (each branch in cache) for large ones.
 
-The demux core u = LN(gelu(a + c)) has compiled kernels besides (csrc/cpu/, the
-``muxkernels::demux_gather_{fwd,bwd}_cpu`` operators of ``muxkernels._C_cpu``): one pass
-over each row where ATen takes four calls and three intermediates. Where they are built
-(``runs_kernels``), the index and index_pos demuxes run them like the GPU backends run
-theirs (``muxkernels.ops``); the functions here are the ATen form, used without them and
-for half data. Everything else is ATen ops, which autograd differentiates and
+The index and index_pos demuxes and the fused front end have compiled kernels besides
+(csrc/cpu/, the ``muxkernels::<op>_{fwd,bwd}_cpu`` operators of ``muxkernels._C_cpu``): one
+operator call each way, each row computed in cache, where ATen takes a dozen calls and
+their intermediates. Where they are built (``runs_kernels``), ``muxkernels.ops`` runs them
+like the GPU backends run theirs (``kernels``); the functions here are the ATen form, used
+without them and for half data. Everything else is ATen ops, which autograd differentiates and
 torch.compile traces as they are.
 """
 
@@ -35,7 +35,7 @@ from .multiplex import embed_mux, hadamard_mux, lowrank_ortho_mux, ortho_mux
 
 
 def runs_kernels(data: torch.Tensor) -> bool:
-    """Whether the cpu backend runs its compiled demux kernels on ``data``: float32 or
+    """Whether the cpu backend runs its compiled kernels on ``data``: float32 or
     float64 (half data is computed in float32 by the ATen form) and the kernels built."""
     return data.dtype in OWN_DTYPES and _kernels_available()
 
