@@ -76,6 +76,14 @@ def _env_backend() -> str | None:
     return env if env != "auto" else None
 
 
+def requested(backend: str) -> str:
+    """The backend asked for: ``backend``, or for "auto" the one ``MUXKERNELS_BACKEND``
+    names (still "auto" when it names none)."""
+    if backend == "auto":
+        return _env_backend() or "auto"
+    return backend
+
+
 _ENVIRON_DATA = getattr(os.environ, "_data", None)
 if isinstance(_ENVIRON_DATA, dict) and hasattr(os.environ, "encodekey"):
     _ENVIRON_KEY = os.environ.encodekey(ENV_VAR)

@@ -72,6 +72,10 @@ embed_mux_bwd(grad_x (B',L,d), input_ids, word, position, token_type, ln_weight,
               d_ln_weight, d_ln_bias, d_vectors)
     recomputed from the ids (nothing saved); the tables' gradients are dense, zero in
     the rows no id names (the cpu backend only; its id tensors may be expanded views)
+conv_mux_fwd(images (B',N,C,H,W), rop (N,C_out,C,K,K)) -> x (B',C_out,H,W)
+    x[g,o] = Σ_i Σ_c conv(E[g,i,c], rop[i,o,c]), K odd, zero padding K/2 (design §7's
+    convolution modes; the cpu backend only)
+conv_mux_bwd(grad_out, images, rop, rop_grad) -> (d_images, d_rop)
 """
 
 from __future__ import annotations
@@ -147,6 +151,10 @@ SCHEMAS: dict[str, str] = {
         "Tensor position_ids, Tensor token_type_ids, Tensor mixed_position_ids, "
         "Tensor mixed_token_type_ids, float eps) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    ),
+    "conv_mux_fwd": "(Tensor images, Tensor rop) -> Tensor",
+    "conv_mux_bwd": (
+        "(Tensor grad_out, Tensor images, Tensor rop, bool rop_grad) -> (Tensor, Tensor)"
     ),
 }
 
@@ -290,6 +298,15 @@ def _embed_mux_bwd(grad_x, input_ids, *params_and_ids):
     return tuple(torch.empty_like(t) for t in params_and_ids[:6])
 
 
+def _conv_mux_fwd(images, rop):
+    groups, _, _, height, width = images.shape
+    return images.new_empty((groups, rop.shape[1], height, width))
+
+
+def _conv_mux_bwd(grad_out, images, rop, rop_grad):
+    return torch.empty_like(images), torch.empty_like(rop) if rop_grad else rop.new_empty((0,))
+
+
 FAKES: dict[str, Callable[..., object]] = {
     "hadamard_mux_fwd": _hadamard_mux_fwd,
     "hadamard_mux_bwd": _hadamard_mux_bwd,
@@ -308,6 +325,8 @@ FAKES: dict[str, Callable[..., object]] = {
     "index_pos_demux_bwd": _index_pos_demux_bwd,
     "embed_mux_fwd": _embed_mux_fwd,
     "embed_mux_bwd": _embed_mux_bwd,
+    "conv_mux_fwd": _conv_mux_fwd,
+    "conv_mux_bwd": _conv_mux_bwd,
 }
 
 

@@ -118,7 +118,8 @@ def test_rotation_matrix_is_scipy_bilinear_rotate(h, w, degrees, randn):
 
 def test_convolution_modes_run_one_convolution(monkeypatch, randn):
     """N convolutions and a sum (the notebook) equal ONE convolution over the N·C stacked
-    channels, and that is what runs: one conv2d call per layer."""
+    channels, and that is what runs off the cpu backend: one conv2d call per layer (the cpu
+    backend's compiled kernel: tests/test_cpu_conv_mux.py)."""
     calls = []
     conv2d = F.conv2d
 
@@ -129,7 +130,8 @@ def test_convolution_modes_run_one_convolution(monkeypatch, randn):
     monkeypatch.setattr(im.F, "conv2d", counting)
     grouped = randn(3, 5, 2, 6, 6)
     for mode, layers in (("Gaussian", 1), ("learnable", 1), ("nonlinear-expand", 2)):
-        mux = ImageMultiplexer(5, (2, 6, 6), mode, out_channels=4, generator=2).double()
+        mux = ImageMultiplexer(5, (2, 6, 6), mode, out_channels=4, generator=2, backend="reference")
+        mux = mux.double()
         separate = oracle(mux, grouped)  # five convolutions per layer, then a sum
         calls.clear()
         assert_close(mux(grouped), separate, REFERENCE)

@@ -6,6 +6,8 @@
   backward (``*_bwd_cpu``).
 - The fused front end (design §1), x = LN((1/N) Σ_i v_i ⊙ LN(word + pos + type)_i + pos' +
   type'): ``embed_mux_fwd_cpu`` and ``embed_mux_bwd_cpu``, which recomputes from the ids.
+- The image multiplexer's convolution modes (design §7), x = Σ_i conv(E_i, rop_i):
+  ``conv_mux_fwd_cpu`` and ``conv_mux_bwd_cpu``.
 
 For float32 and float64 data whose parameters share its dtype; used by ``muxkernels.ops``
 when ``runs_kernels`` holds. Without a gradient to record, the forward operator runs alone
@@ -152,3 +154,29 @@ def embed_mux(
     if records_grad(*params):
         return EmbedMux.apply(ids[0], *params, *ids[1:], eps)
     return _opdefs.kernel("embed_mux_fwd", "cpu")(ids[0], *params, *ids[1:], eps)
+
+
+class ConvMux(torch.autograd.Function):
+    """forward(images (B', N, C, H, W), rop (N, C_out, C, K, K)) -> x (B', C_out, H, W)."""
+
+    @staticmethod
+    def forward(ctx, images, rop):
+        ctx.save_for_backward(images, rop)
+        return _opdefs.kernel("conv_mux_fwd", "cpu")(images, rop)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        images, rop = ctx.saved_tensors
+        d_images, d_rop = _opdefs.kernel("conv_mux_bwd", "cpu")(
+            grad_out.contiguous(), images, rop, ctx.needs_input_grad[1]
+        )
+        return d_images, d_rop if ctx.needs_input_grad[1] else None
+
+
+def conv_mux(images: torch.Tensor, rop: torch.Tensor) -> torch.Tensor:
+    """x[g, o] = Σ_i Σ_c conv(E[g, i, c], rop[i, o, c]) (K×K kernels, zero padding K // 2)
+    for images (B', N, C, H, W) and rop (N, C_out, C, K, K) of one dtype."""
+    images, rop = _contiguous(images, rop)
+    if records_grad(images, rop):
+        return ConvMux.apply(images, rop)
+    return _opdefs.kernel("conv_mux_fwd", "cpu")(images, rop)

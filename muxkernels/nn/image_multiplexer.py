@@ -183,7 +183,7 @@ class ImageMultiplexer(nn.Module):
         module's parameters, a caller other tensors of the same shapes (the benchmarks
         time the layer's computation with their own leaves this way)."""
         if self.mode in CONV_MODES:
-            return self._convolve(grouped, transforms["rop"])
+            return _convolve(grouped, transforms["rop"], self.out_channels, backend)
         if self.mode in TWO_LAYER_MODES:
             return self._two_layer(grouped, transforms["rop"], transforms["rop2"])
         if self.mode == "remap":
@@ -212,13 +212,6 @@ class ImageMultiplexer(nn.Module):
         if self.pad:
             images, _ = pad_batch(images, self.num_instances)
         return group_batch("images", images, self.num_instances)
-
-    def _convolve(self, grouped: torch.Tensor, rop: torch.Tensor) -> torch.Tensor:
-        """Σ_i conv(E_i, rop[i]) as one convolution of the N·C stacked channels."""
-        b, n, c, h, w = grouped.shape
-        kernels = rop.to(grouped.dtype).transpose(0, 1)  # (C_out, N, C, 3, 3)
-        weight = kernels.reshape(self.out_channels, n * c, KERNEL_SIZE, KERNEL_SIZE)
-        return F.conv2d(grouped.reshape(b, n * c, h, w), weight, padding=KERNEL_SIZE // 2)
 
     def _two_layer(
         self, grouped: torch.Tensor, rop: torch.Tensor, rop2: torch.Tensor
@@ -258,6 +251,21 @@ def _check_remap(num_instances: int, height: int, width: int) -> None:
     if height % s or width % s:
         raise ValueError(f'mode "remap" needs H and W divisible by {s}, got H={height}, '
                          f"W={width}")  # fmt: skip
+
+
+def _convolve(
+    grouped: torch.Tensor, rop: torch.Tensor, out_channels: int, backend: Backend
+) -> torch.Tensor:
+    """Σ_i conv(E_i, rop[i]): on CPU tensors under the "auto" or "cpu" backend, the cpu
+    backend's compiled kernel (float32 and float64 where built); else one convolution of
+    the N·C stacked channels, whatever the backend (no other has kernels for it)."""
+    b, n, c, h, w = grouped.shape
+    kernels = rop.to(grouped.dtype)
+    on_cpu = grouped.device.type == "cpu" and _backend.requested(backend) in ("auto", "cpu")
+    if on_cpu and _cpu.runs_kernels(grouped):
+        return _cpu.kernels.conv_mux(grouped, kernels)
+    weight = kernels.transpose(0, 1).reshape(out_channels, n * c, KERNEL_SIZE, KERNEL_SIZE)
+    return F.conv2d(grouped.reshape(b, n * c, h, w), weight, padding=KERNEL_SIZE // 2)
 
 
 def _matrix_sum(pixels: torch.Tensor, matrices: torch.Tensor, backend: Backend) -> torch.Tensor:
