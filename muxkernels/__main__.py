@@ -55,7 +55,7 @@ def _info() -> int:
     except ImportError:
         cpu_kernels = False
     if cpu_kernels:
-        what = "the cpu backend's demuxes, embed_mux and image convolutions"
+        what = "the cpu backend's demuxes, hadamard_mux, embed_mux and image convolutions"
         print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded ({what})")
     else:
         error = _cpu_compiled.load_error()

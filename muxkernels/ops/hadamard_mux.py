@@ -1,7 +1,9 @@
 """Hadamard multiplex: x[g,t,:] = (1/N) · Σ_i v[i,:] ⊙ E[g,i,t,:] (design §1).
 
-Backends: ``reference`` and ``cpu`` (plain PyTorch autograd), ``cuda`` and ``triton`` (the
-operators ``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`).
+Backends: ``reference`` (plain PyTorch autograd), ``cuda``, ``triton`` and ``cpu`` (the
+operators ``muxkernels::hadamard_mux_{fwd,bwd}_<backend>``, called by :class:`HadamardMux`;
+the cpu backend's for float32 and float64 data where ``muxkernels._C_cpu`` is built, its
+ATen form otherwise).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import torch
 
 from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
+from ._precise import records_grad
 
 KERNEL_BACKENDS = ("cuda", "triton", "cpu")
 KERNELS = ("hadamard_mux_fwd", "hadamard_mux_bwd")
@@ -61,5 +64,9 @@ def hadamard_mux(
     if chosen == "reference":
         return reference.hadamard_mux(grouped, vectors)
     if chosen == "cpu":
-        return _cpu.hadamard_mux(grouped, vectors)
+        if not _cpu.runs_kernels(grouped):
+            return _cpu.hadamard_mux(grouped, vectors)
+        grouped, vectors = grouped.contiguous(), vectors.to(grouped.dtype).contiguous()
+        if not records_grad(grouped, vectors):  # no autograd node: it costs more than the op
+            return _opdefs.kernel("hadamard_mux_fwd", "cpu")(grouped, vectors)
     return HadamardMux.apply(grouped, vectors, chosen)
