@@ -76,6 +76,22 @@ def assert_close(
     )
 
 
+def assert_thread_count_independent(fn, counts: tuple[int, ...] = (1, 2, 3)) -> None:
+    """``fn()`` returns bit-identical tensors (a tuple of them) with each number of torch
+    threads in ``counts``: its reductions are split by size, not by the thread count."""
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in counts:
+            torch.set_num_threads(count)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for x, y in zip(results[0], other, strict=True):
+            assert torch.equal(x, y)
+
+
 # --- NaN poison -------------------------------------------------------------------------------
 
 

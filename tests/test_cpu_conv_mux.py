@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL, assert_close, randn
+from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
 
 from muxkernels import _backend, _opdefs
 from muxkernels._cpu import _compiled, kernels
@@ -80,17 +80,7 @@ def test_conv_mux_reductions_do_not_depend_on_the_thread_count():
     images = randn(90, 3, 1, 20, 20, generator=1, dtype=torch.float32)
     rop = randn(3, 1, 1, 3, 3, generator=2, dtype=torch.float32)
     grad = randn(90, 1, 20, 20, generator=3, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(op("conv_mux_bwd")(grad, images, rop, True))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for x, y in zip(results[0], other, strict=True):
-            assert torch.equal(x, y)
+    assert_thread_count_independent(lambda: op("conv_mux_bwd")(grad, images, rop, True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

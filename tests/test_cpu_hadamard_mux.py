@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import KERNEL, assert_close, randn
+from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
 
 import muxkernels as mk
 from muxkernels import _opdefs
@@ -69,17 +69,7 @@ def test_hadamard_mux_dv_does_not_depend_on_the_thread_count():
     embeddings = randn(70, 4, 30, 33, generator=1, dtype=torch.float32)
     vectors = randn(4, 33, generator=2, dtype=torch.float32)
     grad = randn(70, 30, 33, generator=3, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(op("hadamard_mux_bwd")(grad, embeddings, vectors, True))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for x, y in zip(results[0], other, strict=True):
-            assert torch.equal(x, y)
+    assert_thread_count_independent(lambda: op("hadamard_mux_bwd")(grad, embeddings, vectors, True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL, assert_close, randn
+from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
 
 from muxkernels import _opdefs
 from muxkernels._cpu import _compiled, kernels
@@ -100,17 +100,9 @@ def test_demux_gather_reductions_do_not_depend_on_the_thread_count(gather):
     a, c, w, b, index = _terms(7, 1, 4, 60, 97, torch.float32, gather)
     grad_u = randn(*op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, 3, a.dtype).shape,
                    generator=5, dtype=torch.float32)  # fmt: skip
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, 3))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for x, y in zip(results[0], other, strict=True):
-            assert torch.equal(x, y)
+    assert_thread_count_independent(
+        lambda: op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, 3)
+    )
 
 
 def _demux_inputs(groups, n, length, d, dtype, seed=0):
