@@ -98,7 +98,8 @@ def test_workloads_offer_the_kernel_backends_each_op_has():
     assert impls["embed_mux"] == base | {"cuda"}
     assert impls["ortho_mux"] == impls["mlp_demux"] == base | {"triton"}
     assert impls["index_demux"] == impls["index_pos_demux"] == base | {"cuda", "triton"}
-    assert impls["image_mux_gaussian"] == base - {"cpu"}
+    assert impls["image_mux_gaussian"] == impls["image_mux_learnable"] == base  # compiled conv
+    assert impls["image_mux_nonlinear_expand"] == base - {"cpu"}
     assert impls["image_mux_so_n"] == impls["ortho_mux"]
     assert impls["image_mux_hadamard"] == impls["hadamard_mux"]
     for op in OPS:  # the list the gate and the README read agrees with what is measured

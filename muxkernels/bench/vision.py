@@ -4,8 +4,9 @@ multiplexed CNN end to end (images/s against N).
 Ops (one per distinct computation; the modes a row stands for are in ``IMAGE_OPS``;
 "remap", a strided copy of a sixteenth of each image that takes at most N = 16, is left out):
 ``eager`` is ``ImageMultiplexer`` on the reference backend, ``compiled`` its torch.compile,
-``published`` the notebook's loop over instances (``published_vision``), and the matrix and
-vector modes also run on each kernel backend of ``ortho_mux`` / ``hadamard_mux``. Images
+``published`` the notebook's loop over instances (``published_vision``), the matrix and
+vector modes also run on each kernel backend of ``ortho_mux`` / ``hadamard_mux``, and the
+single convolutions on the cpu backend (its compiled kernel, on CPU tensors). Images
 are (B', N, C, H, W) with (B', C, H, W) from ``Sizes.images``.
 
 End to end ("cnn"): the notebook's MuxLeNet (20×20 images, its default "Gaussian" mode, tanh
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..models.vision import MultiplexedCNN
-from ..nn.image_multiplexer import ImageMultiplexer
+from ..nn.image_multiplexer import CONV_MODES, ImageMultiplexer
 from ..ops.hadamard_mux import KERNEL_BACKENDS as HADAMARD_BACKENDS
 from ..ops.ortho_mux import KERNEL_BACKENDS as ORTHO_BACKENDS
 from . import published, published_vision
@@ -51,10 +52,13 @@ CNN_BATCH_SIZES = {"cuda": (256, 1024, 4096, 16384), "cpu": (16, 64, 256)}
 
 def image_backends(op: str) -> tuple[str, ...]:
     """The kernel backends image multiplexer ``op`` runs on: those of ``ortho_mux`` for the
-    matrix modes, of ``hadamard_mux`` for the vector modes, none for the convolutions."""
+    matrix modes, of ``hadamard_mux`` for the vector modes, the cpu backend's compiled
+    kernel for the single convolutions, none for the two-layer ones."""
     mode = IMAGE_OPS[op][0]
     if mode in ("SO(N)", "learnable-W"):
         return ORTHO_BACKENDS
+    if mode in CONV_MODES:
+        return ("cpu",)
     return HADAMARD_BACKENDS if mode == "gaussian_hadamard" else ()
 
 
