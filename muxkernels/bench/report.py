@@ -158,7 +158,7 @@ def ops_summary(results: Results, mode: str) -> str:
 
     def cell(op: str, group: list[dict[str, Any]]) -> str:
         preferred = KERNEL_IMPLS if kernels else ("cpu",) if cpu else ("eager",)
-        # an op with no kernel (the convolution image modes): ours is the eager form
+        # an op with no kernel (the two-layer convolution image modes): ours is the eager form
         best = _fastest(group, preferred) or _fastest(group, ("eager",))
         if best is None:
             return "-"
