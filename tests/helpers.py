@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from muxkernels import _extension
+from muxkernels import _extension, _opdefs
 from muxkernels import reference as ref
+from muxkernels._cpu import _compiled as _cpu_compiled
 from muxkernels._tolerances import BACKEND, KERNEL, PURPOSES, REFERENCE, Bound
 
 __all__ = [
@@ -178,6 +179,22 @@ def require_cuda_extension() -> None:
         pytest.skip(
             f"muxkernels._C is not built ({_extension.load_error()!r})", allow_module_level=True
         )
+
+
+def require_cpu_kernels() -> None:
+    """Skips the calling test module (call it at module level) without the compiled cpu
+    kernels ``muxkernels._C_cpu``; with MUXKERNELS_REQUIRE_EXTENSION=1 a missing module
+    raises ImportError instead (a collection error)."""
+    if not _cpu_compiled.available():
+        pytest.skip(
+            f"muxkernels._C_cpu is not built ({_cpu_compiled.load_error()!r})",
+            allow_module_level=True,
+        )
+
+
+def cpu_op(name: str):
+    """The compiled cpu operator ``muxkernels::<name>_cpu``."""
+    return _opdefs.kernel(name, "cpu")
 
 
 def multiplex_tables() -> tuple[tuple[str, ...], dict, dict, dict]:

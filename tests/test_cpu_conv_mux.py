@@ -11,20 +11,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
+from helpers import (
+    KERNEL,
+    assert_close,
+    assert_thread_count_independent,
+    cpu_op,
+    randn,
+    require_cpu_kernels,
+)
 
-from muxkernels import _backend, _opdefs
-from muxkernels._cpu import _compiled, kernels
+from muxkernels import _backend
+from muxkernels._cpu import kernels
 from muxkernels.nn import ImageMultiplexer
 
-if not _compiled.available():
-    pytest.skip(
-        f"muxkernels._C_cpu is not built ({_compiled.load_error()!r})", allow_module_level=True
-    )
-
-
-def op(name: str):
-    return _opdefs.kernel(name, "cpu")
+require_cpu_kernels()
 
 
 def _oracle(images: torch.Tensor, rop: torch.Tensor) -> torch.Tensor:
@@ -52,12 +52,12 @@ def test_conv_mux_matches_the_per_instance_convolutions(size, dtype):
     poison = torch.full((groups * out * h * w,), float("nan"), dtype=dtype)
     del poison  # the output most likely reuses the NaN block
     want = _oracle(images, rop)
-    assert_close(op("conv_mux_fwd")(images, rop), want, KERNEL)
+    assert_close(cpu_op("conv_mux_fwd")(images, rop), want, KERNEL)
 
     leaves = [t.detach().double().requires_grad_() for t in (images, rop)]
     grad = randn(*want.shape, generator=3, dtype=dtype)
     wants = torch.autograd.grad(_oracle(*leaves), leaves, grad.double())
-    got = op("conv_mux_bwd")(grad, images, rop, True)
+    got = cpu_op("conv_mux_bwd")(grad, images, rop, True)
     for name, g, ref in zip(("d_images", "d_rop"), got, wants, strict=True):
         # a gradient sums many products: bound it by the magnitude of its terms
         assert_close(g, ref, KERNEL, magnitude=ref.abs().max().expand_as(ref), what=name)
@@ -65,7 +65,7 @@ def test_conv_mux_matches_the_per_instance_convolutions(size, dtype):
 
 def test_conv_mux_bwd_skips_the_kernel_gradient_not_asked_for():
     images, rop = randn(2, 3, 1, 6, 6, generator=1), randn(3, 1, 1, 3, 3, generator=2)
-    d_images, d_rop = op("conv_mux_bwd")(torch.ones(2, 1, 6, 6, dtype=torch.float64), images,
+    d_images, d_rop = cpu_op("conv_mux_bwd")(torch.ones(2, 1, 6, 6, dtype=torch.float64), images,
                                          rop, False)  # fmt: skip
     assert d_rop.shape == (0,) and d_images.shape == images.shape
 
@@ -80,17 +80,17 @@ def test_conv_mux_reductions_do_not_depend_on_the_thread_count():
     images = randn(90, 3, 1, 20, 20, generator=1, dtype=torch.float32)
     rop = randn(3, 1, 1, 3, 3, generator=2, dtype=torch.float32)
     grad = randn(90, 1, 20, 20, generator=3, dtype=torch.float32)
-    assert_thread_count_independent(lambda: op("conv_mux_bwd")(grad, images, rop, True))
+    assert_thread_count_independent(lambda: cpu_op("conv_mux_bwd")(grad, images, rop, True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(dtype):
     images = randn(2, 3, 1, 5, 4, generator=1, dtype=dtype)
     rop = randn(3, 2, 1, 3, 3, generator=2, dtype=dtype)
-    torch.library.opcheck(op("conv_mux_fwd"), (images, rop))
+    torch.library.opcheck(cpu_op("conv_mux_fwd"), (images, rop))
     grad = torch.ones(2, 2, 5, 4, dtype=dtype)
     for rop_grad in (True, False):
-        torch.library.opcheck(op("conv_mux_bwd"), (grad, images, rop, rop_grad))
+        torch.library.opcheck(cpu_op("conv_mux_bwd"), (grad, images, rop, rop_grad))
 
 
 def test_conv_mux_compiles_fullgraph():
@@ -122,13 +122,13 @@ def test_conv_mux_checks_its_arguments(images, rop, message):
 
     pattern = "".join("\\" + ch if ch in "[]()" else ch for ch in message)
     with pytest.raises(RuntimeError, match=pattern):
-        op("conv_mux_fwd")(make(images), make(rop))
+        cpu_op("conv_mux_fwd")(make(images), make(rop))
 
 
 def test_conv_mux_bwd_checks_grad_out():
     images, rop = torch.ones(2, 3, 1, 5, 5), torch.ones(3, 1, 1, 3, 3)
     with pytest.raises(RuntimeError, match=r"grad_out must be a contiguous Float CPU tensor"):
-        op("conv_mux_bwd")(torch.ones(2, 1, 5, 4), images, rop, True)
+        cpu_op("conv_mux_bwd")(torch.ones(2, 1, 5, 4), images, rop, True)
 
 
 @pytest.mark.parametrize(

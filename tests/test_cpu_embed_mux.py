@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
+from helpers import (
+    KERNEL,
+    assert_close,
+    assert_thread_count_independent,
+    cpu_op,
+    randn,
+    require_cpu_kernels,
+)
 
-from muxkernels import _opdefs, reference
-from muxkernels._cpu import _compiled, kernels
+from muxkernels import reference
+from muxkernels._cpu import kernels
 
-if not _compiled.available():
-    pytest.skip(
-        f"muxkernels._C_cpu is not built ({_compiled.load_error()!r})", allow_module_level=True
-    )
+require_cpu_kernels()
 
 EPS = 1e-5
 TYPES = 2
-
-
-def op(name: str):
-    return _opdefs.kernel(name, "cpu")
 
 
 def _inputs(groups, n, length, d, vocab, dtype, per_row_ids=True, seed=0):
@@ -76,14 +76,14 @@ def test_embed_mux_matches_the_reference(size, dtype, per_row_ids):
     ids, params, id_args = _split(args)
     poison = torch.full((groups * length * d,), float("nan"), dtype=dtype)
     del poison  # the output most likely reuses the NaN block
-    x = op("embed_mux_fwd")(*args, EPS)
+    x = cpu_op("embed_mux_fwd")(*args, EPS)
     leaves = [p.detach().double().requires_grad_() for p in params]
     want = reference.embed_mux(ids, *leaves, *id_args, EPS)
     assert_close(x, want, KERNEL)
 
     grad_x = randn(*want.shape, generator=7, dtype=dtype)
     wants = torch.autograd.grad(want, leaves, grad_x.double())
-    got = op("embed_mux_bwd")(grad_x, *args, EPS)
+    got = cpu_op("embed_mux_bwd")(grad_x, *args, EPS)
     names = ("d_word", "d_position", "d_token_type", "d_ln_weight", "d_ln_bias", "d_vectors")
     for name, g, w in zip(names, got, wants, strict=True):
         # a gradient sums many rows: bound it by the magnitude of its terms
@@ -105,7 +105,7 @@ def test_embed_mux_word_gradient_is_zero_in_rows_no_id_names():
     args = _inputs(2, 3, 4, 16, 40, torch.float32)
     ids = args[0]
     grad_x = randn(2, 4, 16, generator=3, dtype=torch.float32)
-    d_word = op("embed_mux_bwd")(grad_x, *args, EPS)[0]
+    d_word = cpu_op("embed_mux_bwd")(grad_x, *args, EPS)[0]
     unused = torch.ones(40, dtype=torch.bool)
     unused[ids.flatten()] = False
     assert unused.any() and (d_word[unused] == 0).all() and (d_word[~unused] != 0).all()
@@ -115,15 +115,15 @@ def test_embed_mux_word_gradient_is_zero_in_rows_no_id_names():
 def test_embed_mux_reductions_do_not_depend_on_the_thread_count(per_row_ids):
     args = _inputs(40, 4, 30, 97, 9, torch.float32, per_row_ids)
     grad_x = randn(40, 30, 97, generator=5, dtype=torch.float32)
-    assert_thread_count_independent(lambda: op("embed_mux_bwd")(grad_x, *args, EPS))
+    assert_thread_count_independent(lambda: cpu_op("embed_mux_bwd")(grad_x, *args, EPS))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(dtype):
     args = (*_inputs(2, 3, 5, 8, 6, dtype), EPS)
-    torch.library.opcheck(op("embed_mux_fwd"), args)
-    grad_x = torch.ones_like(op("embed_mux_fwd")(*args))
-    torch.library.opcheck(op("embed_mux_bwd"), (grad_x, *args))
+    torch.library.opcheck(cpu_op("embed_mux_fwd"), args)
+    grad_x = torch.ones_like(cpu_op("embed_mux_fwd")(*args))
+    torch.library.opcheck(cpu_op("embed_mux_bwd"), (grad_x, *args))
 
 
 def test_embed_mux_compiles_fullgraph():
@@ -171,13 +171,13 @@ def test_embed_mux_checks_its_arguments(change, message):
     change(args)
     pattern = "".join("\\" + c if c in "[]()" else c for c in message)
     with pytest.raises(RuntimeError, match=pattern):
-        op("embed_mux_fwd")(*args)
+        cpu_op("embed_mux_fwd")(*args)
     grad_x = torch.ones(2, 5, 8)
     with pytest.raises(RuntimeError, match=pattern):
-        op("embed_mux_bwd")(grad_x, *args)
+        cpu_op("embed_mux_bwd")(grad_x, *args)
 
 
 def test_embed_mux_bwd_checks_grad_x():
     args = _inputs(2, 3, 5, 8, 6, torch.float32)
     with pytest.raises(RuntimeError, match=r"grad_x must be a contiguous Float CPU tensor"):
-        op("embed_mux_bwd")(torch.ones(2, 5, 7), *args, EPS)
+        cpu_op("embed_mux_bwd")(torch.ones(2, 5, 7), *args, EPS)

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
+from helpers import (
+    KERNEL,
+    assert_close,
+    assert_thread_count_independent,
+    cpu_op,
+    randn,
+    require_cpu_kernels,
+)
 
 import muxkernels as mk
-from muxkernels import _opdefs
-from muxkernels._cpu import _compiled
 
-if not _compiled.available():
-    pytest.skip(
-        f"muxkernels._C_cpu is not built ({_compiled.load_error()!r})", allow_module_level=True
-    )
-
-
-def op(name: str):
-    return _opdefs.kernel(name, "cpu")
+require_cpu_kernels()
 
 
 def _formula(embeddings: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -43,15 +41,15 @@ def test_hadamard_mux_matches_the_formula(size, dtype):
     poison = torch.full((groups * length * d,), float("nan"), dtype=dtype)
     del poison  # the output most likely reuses the NaN block
     want = _formula(embeddings, vectors)
-    assert_close(op("hadamard_mux_fwd")(embeddings, vectors), want, KERNEL)
+    assert_close(cpu_op("hadamard_mux_fwd")(embeddings, vectors), want, KERNEL)
 
     leaves = [t.detach().double().requires_grad_() for t in (embeddings, vectors)]
     grad = randn(*want.shape, generator=3, dtype=dtype)
     wants = torch.autograd.grad(_formula(*leaves), leaves, grad.double())
-    got = op("hadamard_mux_bwd")(grad, embeddings, vectors, True)
+    got = cpu_op("hadamard_mux_bwd")(grad, embeddings, vectors, True)
     for name, g, ref in zip(("d_embeddings", "d_vectors"), got, wants, strict=True):
         assert_close(g, ref, KERNEL, magnitude=ref.abs().max().expand_as(ref), what=name)
-    _, no_dv = op("hadamard_mux_bwd")(grad, embeddings, vectors, False)
+    _, no_dv = cpu_op("hadamard_mux_bwd")(grad, embeddings, vectors, False)
     assert no_dv.shape == (0,)
 
 
@@ -69,17 +67,19 @@ def test_hadamard_mux_dv_does_not_depend_on_the_thread_count():
     embeddings = randn(70, 4, 30, 33, generator=1, dtype=torch.float32)
     vectors = randn(4, 33, generator=2, dtype=torch.float32)
     grad = randn(70, 30, 33, generator=3, dtype=torch.float32)
-    assert_thread_count_independent(lambda: op("hadamard_mux_bwd")(grad, embeddings, vectors, True))
+    assert_thread_count_independent(
+        lambda: cpu_op("hadamard_mux_bwd")(grad, embeddings, vectors, True)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(dtype):
     embeddings = randn(2, 3, 5, 8, generator=1, dtype=dtype)
     vectors = randn(3, 8, generator=2, dtype=dtype)
-    torch.library.opcheck(op("hadamard_mux_fwd"), (embeddings, vectors))
+    torch.library.opcheck(cpu_op("hadamard_mux_fwd"), (embeddings, vectors))
     grad = torch.ones(2, 5, 8, dtype=dtype)
     for vectors_grad in (True, False):
-        torch.library.opcheck(op("hadamard_mux_bwd"), (grad, embeddings, vectors, vectors_grad))
+        torch.library.opcheck(cpu_op("hadamard_mux_bwd"), (grad, embeddings, vectors, vectors_grad))
 
 
 @pytest.mark.parametrize(
@@ -93,9 +93,11 @@ def test_opcheck(dtype):
 )
 def test_hadamard_mux_checks_its_arguments(embeddings, vectors, message):
     with pytest.raises(RuntimeError, match=message):
-        op("hadamard_mux_fwd")(embeddings, vectors)
+        cpu_op("hadamard_mux_fwd")(embeddings, vectors)
 
 
 def test_hadamard_mux_bwd_checks_grad_out():
     with pytest.raises(RuntimeError, match="grad_out must be a contiguous Float CPU tensor"):
-        op("hadamard_mux_bwd")(torch.ones(2, 5, 7), torch.ones(2, 3, 5, 8), torch.ones(3, 8), True)
+        cpu_op("hadamard_mux_bwd")(
+            torch.ones(2, 5, 7), torch.ones(2, 3, 5, 8), torch.ones(3, 8), True
+        )

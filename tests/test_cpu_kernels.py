@@ -17,22 +17,21 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import KERNEL, assert_close, assert_thread_count_independent, randn
+from helpers import (
+    KERNEL,
+    assert_close,
+    assert_thread_count_independent,
+    cpu_op,
+    randn,
+    require_cpu_kernels,
+)
 
-from muxkernels import _opdefs
-from muxkernels._cpu import _compiled, kernels
+from muxkernels._cpu import kernels
 
-if not _compiled.available():
-    pytest.skip(
-        f"muxkernels._C_cpu is not built ({_compiled.load_error()!r})", allow_module_level=True
-    )
+require_cpu_kernels()
 
 EPS = 1e-5
 GATHERS = ("token", "sequence", "selected")
-
-
-def op(name: str):
-    return _opdefs.kernel(name, "cpu")
 
 
 def _terms(groups, a_groups, n, length, d, dtype, gather, seed=0):
@@ -82,14 +81,14 @@ def test_demux_gather_matches_the_formula(size, gather, dtype):
     a, c, w, b, index = _terms(groups, a_groups, n, length, d, dtype, gather)
     position = length - 1
     _poison(groups * n * length * d, dtype)
-    u = op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, position, dtype)
+    u = cpu_op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, position, dtype)
     assert_close(u, _reference(a, c, w, b, gather, index, position), KERNEL)
 
     leaves = [t.double().requires_grad_() for t in (a, c, w, b)]
     want_u = _reference(*leaves, gather, index, position)
     grad_u = randn(*want_u.shape, generator=7, dtype=dtype)
     want = torch.autograd.grad(want_u, leaves, grad_u.double())
-    got = op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, position)
+    got = cpu_op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, position)
     for name, g, ref in zip(("da", "dc", "d_ln_weight", "d_ln_bias"), got, want, strict=True):
         # a gradient sums many rows: bound it by the magnitude of its terms
         assert_close(g, ref, KERNEL, magnitude=ref.abs().max().expand_as(ref), what=name)
@@ -98,10 +97,10 @@ def test_demux_gather_matches_the_formula(size, gather, dtype):
 @pytest.mark.parametrize("gather", GATHERS)
 def test_demux_gather_reductions_do_not_depend_on_the_thread_count(gather):
     a, c, w, b, index = _terms(7, 1, 4, 60, 97, torch.float32, gather)
-    grad_u = randn(*op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, 3, a.dtype).shape,
+    grad_u = randn(*cpu_op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, 3, a.dtype).shape,
                    generator=5, dtype=torch.float32)  # fmt: skip
     assert_thread_count_independent(
-        lambda: op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, 3)
+        lambda: cpu_op("demux_gather_bwd")(grad_u, a, c, w, b, EPS, gather, index, 3)
     )
 
 
@@ -150,23 +149,23 @@ def _opcheck_cases():
 @pytest.mark.parametrize(("gather", "dtype"), list(_opcheck_cases()))
 def test_opcheck(gather, dtype):
     a, c, w, b, index = _terms(2, 1, 3, 5, 8, dtype, gather)
-    torch.library.opcheck(op("demux_gather_fwd"), (a, c, w, b, EPS, gather, index, 2, dtype))
-    grad_u = torch.ones_like(op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, 2, dtype))
-    torch.library.opcheck(op("demux_gather_bwd"), (grad_u, a, c, w, b, EPS, gather, index, 2))
+    torch.library.opcheck(cpu_op("demux_gather_fwd"), (a, c, w, b, EPS, gather, index, 2, dtype))
+    grad_u = torch.ones_like(cpu_op("demux_gather_fwd")(a, c, w, b, EPS, gather, index, 2, dtype))
+    torch.library.opcheck(cpu_op("demux_gather_bwd"), (grad_u, a, c, w, b, EPS, gather, index, 2))
     hidden, weight, bias, ln_w, ln_b = _demux_inputs(2, 3, 6, 8, dtype)
     index = None if gather != "selected" else torch.randint(0, 3, (2, 6))
     args = (hidden, weight, bias, ln_w, ln_b, 3, EPS, gather, index)
-    torch.library.opcheck(op("index_demux_fwd"), args)
-    u, a, c = op("index_demux_fwd")(*args)
+    torch.library.opcheck(cpu_op("index_demux_fwd"), args)
+    u, a, c = cpu_op("index_demux_fwd")(*args)
     torch.library.opcheck(
-        op("index_demux_bwd"), (torch.ones_like(u), hidden, weight, a, c, ln_w, ln_b, *args[5:])
+        cpu_op("index_demux_bwd"), (torch.ones_like(u), hidden, weight, a, c, ln_w, ln_b, *args[5:])
     )
     keys = randn(3, 8, generator=12, dtype=dtype)
     args = (hidden, keys, weight, bias, ln_w, ln_b, EPS, gather, index)
-    torch.library.opcheck(op("index_pos_demux_fwd"), args)
-    u, a, c = op("index_pos_demux_fwd")(*args)
+    torch.library.opcheck(cpu_op("index_pos_demux_fwd"), args)
+    u, a, c = cpu_op("index_pos_demux_fwd")(*args)
     grad_args = (torch.ones_like(u), hidden, keys, weight, a, c, ln_w, ln_b, *args[6:])
-    torch.library.opcheck(op("index_pos_demux_bwd"), grad_args)
+    torch.library.opcheck(cpu_op("index_pos_demux_bwd"), grad_args)
 
 
 def test_index_demux_compiles_fullgraph():
@@ -209,7 +208,7 @@ def test_demux_gather_checks_its_arguments(change, message):
     with pytest.raises(
         RuntimeError, match=message.replace("[", r"\[").replace(")", r"\)").replace("(", r"\(")
     ):
-        op("demux_gather_fwd")(
+        cpu_op("demux_gather_fwd")(
             x["a"], x["c"], x["ln_weight"], x["ln_bias"], x["eps"], x["gather"], x["index"], 0,
             x["c"].dtype,
         )  # fmt: skip
@@ -218,9 +217,9 @@ def test_demux_gather_checks_its_arguments(change, message):
 def test_index_demux_checks_its_arguments():
     hidden, weight, bias, ln_w, ln_b = _demux_inputs(2, 3, 6, 8, torch.float32)
     with pytest.raises(RuntimeError, match=r"num_instances must be in \[1, L'\) = \[1, 6\)"):
-        op("index_demux_fwd")(hidden, weight, bias, ln_w, ln_b, 6, EPS, "token", None)
+        cpu_op("index_demux_fwd")(hidden, weight, bias, ln_w, ln_b, 6, EPS, "token", None)
     with pytest.raises(RuntimeError, match=r"weight must have shape \(8, 16\)"):
-        op("index_demux_fwd")(
+        cpu_op("index_demux_fwd")(
             hidden, weight[:, :8].contiguous(), bias, ln_w, ln_b, 3, EPS, "token", None
         )
 
@@ -229,10 +228,10 @@ def test_index_pos_demux_checks_its_arguments():
     hidden, weight, bias, ln_w, ln_b = _demux_inputs(2, 3, 6, 8, torch.float32)
     keys = randn(3, 8, generator=12, dtype=torch.float32)
     with pytest.raises(RuntimeError, match=r"keys must have shape \(N, 8\)"):
-        op("index_pos_demux_fwd")(hidden, keys[:, :4].contiguous(), weight, bias, ln_w, ln_b,
+        cpu_op("index_pos_demux_fwd")(hidden, keys[:, :4].contiguous(), weight, bias, ln_w, ln_b,
                                   EPS, "token", None)  # fmt: skip
     with pytest.raises(RuntimeError, match="keys must have the data's dtype"):
-        op("index_pos_demux_fwd")(hidden, keys.double(), weight, bias, ln_w, ln_b, EPS,
+        cpu_op("index_pos_demux_fwd")(hidden, keys.double(), weight, bias, ln_w, ln_b, EPS,
                                   "token", None)  # fmt: skip
 
 
