@@ -18,7 +18,22 @@
 #endif
 #define MUX_INLINE inline __attribute__((always_inline))
 
+#include <algorithm>
+#include <vector>
+
 namespace muxkernels::cpu {
+
+// out[k] = Σ_c partials[c·stride + offset + k] for k < width: per-chunk partial sums added
+// in chunk order, so a reduction does not depend on the number of threads.
+template <typename T>
+void sum_partials(const std::vector<T>& partials, int64_t chunks, int64_t stride,
+                  int64_t offset, int64_t width, T* out) {
+  std::copy_n(partials.data() + offset, width, out);
+  for (int64_t c = 1; c < chunks; ++c) {
+    const T* part = partials.data() + c * stride + offset;
+    for (int64_t k = 0; k < width; ++k) out[k] += part[k];
+  }
+}
 
 // Fails, naming the argument, unless t is a contiguous CPU tensor of `dtype` and `rank`.
 void check_float_tensor(const char* op, const char* name, const at::Tensor& t,

@@ -429,17 +429,6 @@ struct Mixing {
   }
 };
 
-// out[k] = Σ_c partials[c·width + k], the chunks added in order.
-template <typename T>
-void sum_partials(const std::vector<T>& partials, int64_t chunks, int64_t stride,
-                  int64_t offset, int64_t width, T* out) {
-  std::copy_n(partials.data() + offset, width, out);
-  for (int64_t c = 1; c < chunks; ++c) {
-    const T* part = partials.data() + c * stride + offset;
-    for (int64_t k = 0; k < width; ++k) out[k] += part[k];
-  }
-}
-
 at::Tensor embed_mux_fwd(const at::Tensor& input_ids, const at::Tensor& word_embeddings,
                          const at::Tensor& position_embeddings,
                          const at::Tensor& token_type_embeddings, const at::Tensor& ln_weight,

@@ -191,12 +191,9 @@ std::tuple<at::Tensor, at::Tensor> hadamard_mux_bwd(const at::Tensor& grad_out,
     });
     if (vectors_grad) {
       scalar_t* out = d_vectors.mutable_data_ptr<scalar_t>();
+      sum_partials(partials, chunks, s.n * s.d, 0, s.n * s.d, out);
       const auto inv_n = scalar_t(1) / static_cast<scalar_t>(s.n);
-      for (int64_t j = 0; j < s.n * s.d; ++j) {
-        scalar_t sum = partials[j];
-        for (int64_t k = 1; k < chunks; ++k) sum += partials[k * s.n * s.d + j];
-        out[j] = sum * inv_n;
-      }
+      for (int64_t j = 0; j < s.n * s.d; ++j) out[j] *= inv_n;
     }
   });
   return {d_embeddings, d_vectors};
