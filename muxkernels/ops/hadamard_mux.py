@@ -66,7 +66,8 @@ def hadamard_mux(
     if chosen == "cpu":
         if not _cpu.runs_kernels(grouped):
             return _cpu.hadamard_mux(grouped, vectors)
-        grouped, vectors = grouped.contiguous(), vectors.to(grouped.dtype).contiguous()
+        # the vectors share the data's dtype (float32 or float64: checked above)
+        grouped, vectors = grouped.contiguous(), vectors.contiguous()
         if not records_grad(grouped, vectors):  # no autograd node: it costs more than the op
             return _opdefs.kernel("hadamard_mux_fwd", "cpu")(grouped, vectors)
     return HadamardMux.apply(grouped, vectors, chosen)
