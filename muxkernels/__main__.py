@@ -55,7 +55,11 @@ def _info() -> int:
     except ImportError:
         cpu_kernels = False
     if cpu_kernels:
-        what = "the cpu backend's demuxes, hadamard_mux, embed_mux and image convolutions"
+        what = (
+            "the cpu backend's demuxes, hadamard_mux, lowrank_ortho_mux, embed_mux and image "
+            "convolutions; lowrank_ortho_mux's GEMMs call "
+            + ("PyTorch's BLAS directly" if _cpu_compiled.blas_linked() else "ATen's addmm")
+        )
         print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded ({what})")
     else:
         error = _cpu_compiled.load_error()

@@ -178,7 +178,9 @@ def qualified_name(name: str, backend: str) -> str:
 
 
 def _grad_or_empty(wanted: bool, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(like) if wanted else like.new_empty((0,))
+    """A contiguous gradient of ``like``'s shape (as every backend returns, whatever the
+    parameter's strides), or an empty tensor when not ``wanted``."""
+    return like.new_empty(like.shape) if wanted else like.new_empty((0,))
 
 
 def gather_shape(a: torch.Tensor, c: torch.Tensor, gather: str, width: int) -> tuple[int, ...]:

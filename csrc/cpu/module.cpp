@@ -6,6 +6,10 @@
 
 #include <pybind11/pybind11.h>
 
+#include "cpu/blas.h"
+
 PYBIND11_MODULE(_C_cpu, module) {
   module.doc() = "muxkernels compiled CPU operator implementations (registered on import)";
+  module.def("blas_linked", &muxkernels::cpu::blas_linked,
+             "Whether the kernels' GEMMs call PyTorch's BLAS (sgemm_/dgemm_) directly");
 }

@@ -16,8 +16,8 @@ tested against the reference like the kernel backends:
   concatenation), and the MLP branches one stacked GEMM for small inputs, the published
   branch-by-branch loop (each branch in cache) for large ones.
 
-The index and index_pos demuxes, the hadamard multiplexer, the fused front end and the
-image multiplexer's convolutions have compiled kernels besides
+The index and index_pos demuxes, the hadamard and low-rank multiplexers, the fused front
+end and the image multiplexer's convolutions have compiled kernels besides
 (csrc/cpu/, the ``muxkernels::<op>_{fwd,bwd}_cpu`` operators of ``muxkernels._C_cpu``): one
 operator call each way, each row computed in cache, where ATen takes a dozen calls and
 their intermediates. Where they are built (``runs_kernels``), ``muxkernels.ops`` runs them

@@ -2,8 +2,10 @@
 
 ortho:          x[g,t,:] = N^(-1/2) · Σ_i P[i] @ E[g,i,t,:]
 ortho_lowrank:  P[i] = U[:, S_i] @ H[:, S_i]ᵀ, computed as N^(-1/2) · U · concat_i(H[:, S_i]ᵀ E_i)
-Backends: ``reference``, ``cpu`` (ATen GEMMs) and ``triton`` (GEMM kernels that read E in
-place, no permute copy).
+Backends: ``reference``, ``cpu`` and ``triton`` (GEMM kernels that read E in place, no
+permute copy). The cpu backend runs ortho as ATen GEMMs and ortho_lowrank as its compiled
+operators (BLAS GEMMs on blocks of E and H in place, csrc/cpu/lowrank_ortho_mux.cpp) for
+float32 and float64 data where they are built, as ATen GEMMs otherwise.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from .. import _backend, _cpu, _opdefs, reference
 from . import _validate
+from ._precise import records_grad
 
 KERNEL_BACKENDS = ("triton", "cpu")
 ORTHO_KERNELS = ("ortho_mux_fwd", "ortho_mux_bwd")
@@ -51,7 +54,9 @@ class LowRankOrthoMux(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, u: torch.Tensor, h: torch.Tensor, backend: str):
-        embeddings, u, h = embeddings.contiguous(), u.contiguous(), h.contiguous()
+        embeddings = embeddings.contiguous()
+        if backend != "cpu":  # the cpu operators read either memory order of U and H
+            u, h = u.contiguous(), h.contiguous()
         ctx.save_for_backward(embeddings, u, h)
         ctx.backend = backend
         return _opdefs.kernel("lowrank_ortho_mux_fwd", backend)(embeddings, u, h)
@@ -139,5 +144,9 @@ def lowrank_ortho_mux(
     if chosen == "reference":
         return reference.lowrank_ortho_mux(grouped, u, h)
     if chosen == "cpu":
-        return _cpu.lowrank_ortho_mux(grouped, u, h)
+        if not _cpu.runs_kernels(grouped):
+            return _cpu.lowrank_ortho_mux(grouped, u, h)
+        grouped = grouped.contiguous()  # u and h share its dtype (float32 or float64)
+        if not records_grad(grouped, u, h):  # no autograd node: it costs more than the op
+            return _opdefs.kernel("lowrank_ortho_mux_fwd", "cpu")(grouped, u, h)
     return LowRankOrthoMux.apply(grouped, u, h, chosen)
