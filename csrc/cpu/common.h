@@ -23,6 +23,14 @@
 
 namespace muxkernels::cpu {
 
+// The sizes of the multiplexers' data E (B', N, L, d).
+struct MuxSizes {
+  int64_t groups;  // B'
+  int64_t n;       // N
+  int64_t length;  // L
+  int64_t d;
+};
+
 // out[k] = Σ_c partials[c·stride + offset + k] for k < width: per-chunk partial sums added
 // in chunk order, so a reduction does not depend on the number of threads.
 template <typename T>

@@ -57,16 +57,9 @@ struct Ids {
   }
 };
 
-struct Sizes {
-  int64_t groups;  // B'
-  int64_t n;       // N
-  int64_t length;  // L
-  int64_t d;
-};
-
 template <typename T>
 struct Front {
-  Sizes s;
+  MuxSizes s;
   Ids ids, pids, tids, mpids, mtids;
   const T* word;
   const T* pos;
@@ -281,7 +274,7 @@ void run_backward(const Front<double>& f, const double* grad_x, double* ds1, dou
 }
 
 // Groups per chunk: about 2^16 instance-row elements (at least one group).
-int64_t groups_per_chunk(const Sizes& s) {
+int64_t groups_per_chunk(const MuxSizes& s) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, s.n * s.length * s.d));
 }
 
@@ -301,7 +294,7 @@ struct Gathered {
 // gets the gathered rows whose id is r, in the sources' order and then row order (each
 // thread a block of columns, so the order does not depend on the number of threads).
 template <typename T>
-void add_gathered(at::Tensor& grad, const Sizes& s, const std::vector<Gathered<T>>& sources) {
+void add_gathered(at::Tensor& grad, const MuxSizes& s, const std::vector<Gathered<T>>& sources) {
   const int64_t d = s.d;
   T* out = grad.mutable_data_ptr<T>();
   at::parallel_for(0, d, kColumns, [&](int64_t k0, int64_t k1) {
@@ -328,7 +321,7 @@ struct Tables {
   const at::Tensor& typ;
 };
 
-Ids check_ids(const char* op, const char* name, const at::Tensor& ids, const Sizes& s,
+Ids check_ids(const char* op, const char* name, const at::Tensor& ids, const MuxSizes& s,
               bool mixed, int64_t rows, const char* table) {
   TORCH_CHECK(ids.device().is_cpu() && ids.scalar_type() == at::kLong, op, name,
               " must be an int64 CPU tensor, got ", ids.scalar_type(), " on ", ids.device());
@@ -367,7 +360,7 @@ Front<T> check_args(const char* op, const at::Tensor& input_ids, const Tables& t
   check_float_tensor(op, "vectors", vectors, dtype, 2);
   TORCH_CHECK(input_ids.dim() == 3, op, "input_ids must have shape (B', N, L), got ",
               input_ids.sizes());
-  const Sizes s{input_ids.size(0), input_ids.size(1), input_ids.size(2), tables.word.size(1)};
+  const MuxSizes s{input_ids.size(0), input_ids.size(1), input_ids.size(2), tables.word.size(1)};
   TORCH_CHECK(s.d > 0, op, "word_embeddings must have d >= 1 columns, got ", tables.word.sizes());
   TORCH_CHECK(tables.pos.size(1) == s.d && tables.typ.size(1) == s.d, op,
               "position_embeddings and token_type_embeddings must have d = ", s.d,
@@ -471,7 +464,7 @@ embed_mux_bwd(const at::Tensor& grad_x, const at::Tensor& input_ids,
     Front<scalar_t> f = check_args<scalar_t>(
         op, input_ids, tables, ln_weight, ln_bias, vectors, position_ids, token_type_ids,
         mixed_position_ids, mixed_token_type_ids, eps);
-    const Sizes& s = f.s;
+    const MuxSizes& s = f.s;
     const std::vector<int64_t> shape{s.groups, s.length, s.d};
     const at::ScalarType dtype = word_embeddings.scalar_type();
     TORCH_CHECK(grad_x.device().is_cpu() && grad_x.scalar_type() == dtype &&

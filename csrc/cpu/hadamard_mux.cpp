@@ -25,21 +25,14 @@
 namespace muxkernels::cpu {
 namespace {
 
-struct Sizes {
-  int64_t groups;  // B'
-  int64_t n;       // N
-  int64_t length;  // L
-  int64_t d;
-};
-
 // Groups per chunk: about 2^16 elements of E (at least one group).
-int64_t groups_per_chunk(const Sizes& s) {
+int64_t groups_per_chunk(const MuxSizes& s) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, s.n * s.length * s.d));
 }
 
 // x for groups [g0, g1); scaled = v / N.
 template <typename T>
-MUX_INLINE void forward_groups(const Sizes& s, const T* embeddings, const T* scaled, T* out,
+MUX_INLINE void forward_groups(const MuxSizes& s, const T* embeddings, const T* scaled, T* out,
                                int64_t g0, int64_t g1) {
   const int64_t d = s.d;
   for (int64_t g = g0; g < g1; ++g)
@@ -61,7 +54,7 @@ MUX_INLINE void forward_groups(const Sizes& s, const T* embeddings, const T* sca
 
 // dE for groups [g0, g1), and Σ E ⊙ dx into dv (the chunk's partial, when given).
 template <typename T>
-MUX_INLINE void backward_groups(const Sizes& s, const T* grad, const T* embeddings,
+MUX_INLINE void backward_groups(const MuxSizes& s, const T* grad, const T* embeddings,
                                 const T* scaled, T* d_embeddings, T* dv, int64_t g0,
                                 int64_t g1) {
   const int64_t d = s.d;
@@ -84,34 +77,34 @@ MUX_INLINE void backward_groups(const Sizes& s, const T* grad, const T* embeddin
     }
 }
 
-MUX_ROW_CLONES void forward_groups_f32(const Sizes& s, const float* embeddings,
+MUX_ROW_CLONES void forward_groups_f32(const MuxSizes& s, const float* embeddings,
                                        const float* scaled, float* out, int64_t g0,
                                        int64_t g1) {
   forward_groups(s, embeddings, scaled, out, g0, g1);
 }
 
-MUX_ROW_CLONES void backward_groups_f32(const Sizes& s, const float* grad,
+MUX_ROW_CLONES void backward_groups_f32(const MuxSizes& s, const float* grad,
                                         const float* embeddings, const float* scaled,
                                         float* d_embeddings, float* dv, int64_t g0, int64_t g1) {
   backward_groups(s, grad, embeddings, scaled, d_embeddings, dv, g0, g1);
 }
 
-void run_forward(const Sizes& s, const float* embeddings, const float* scaled, float* out,
+void run_forward(const MuxSizes& s, const float* embeddings, const float* scaled, float* out,
                  int64_t g0, int64_t g1) {
   forward_groups_f32(s, embeddings, scaled, out, g0, g1);
 }
 
-void run_forward(const Sizes& s, const double* embeddings, const double* scaled, double* out,
+void run_forward(const MuxSizes& s, const double* embeddings, const double* scaled, double* out,
                  int64_t g0, int64_t g1) {
   forward_groups(s, embeddings, scaled, out, g0, g1);
 }
 
-void run_backward(const Sizes& s, const float* grad, const float* embeddings,
+void run_backward(const MuxSizes& s, const float* grad, const float* embeddings,
                   const float* scaled, float* d_embeddings, float* dv, int64_t g0, int64_t g1) {
   backward_groups_f32(s, grad, embeddings, scaled, d_embeddings, dv, g0, g1);
 }
 
-void run_backward(const Sizes& s, const double* grad, const double* embeddings,
+void run_backward(const MuxSizes& s, const double* grad, const double* embeddings,
                   const double* scaled, double* d_embeddings, double* dv, int64_t g0,
                   int64_t g1) {
   backward_groups(s, grad, embeddings, scaled, d_embeddings, dv, g0, g1);
@@ -120,13 +113,13 @@ void run_backward(const Sizes& s, const double* grad, const double* embeddings,
 // ---------------------------------------------------------------------------------------
 // The operators: argument checks (one line naming the argument), then the chunks.
 
-Sizes check_args(const char* op, const at::Tensor& embeddings, const at::Tensor& vectors) {
+MuxSizes check_args(const char* op, const at::Tensor& embeddings, const at::Tensor& vectors) {
   const at::ScalarType dtype = embeddings.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, op,
               "embeddings must be float32 or float64, got ", dtype);
   check_float_tensor(op, "embeddings", embeddings, dtype, 4);
   check_float_tensor(op, "vectors", vectors, dtype, 2);
-  const Sizes s{embeddings.size(0), embeddings.size(1), embeddings.size(2), embeddings.size(3)};
+  const MuxSizes s{embeddings.size(0), embeddings.size(1), embeddings.size(2), embeddings.size(3)};
   TORCH_CHECK(s.n >= 1 && vectors.size(0) == s.n && vectors.size(1) == s.d, op,
               "vectors must have shape (N, d) = (", s.n, ", ", s.d, "), N >= 1, got ",
               vectors.sizes());
@@ -135,7 +128,7 @@ Sizes check_args(const char* op, const at::Tensor& embeddings, const at::Tensor&
 
 // v / N, in the data's dtype.
 template <typename T>
-std::vector<T> scaled_vectors(const Sizes& s, const at::Tensor& vectors) {
+std::vector<T> scaled_vectors(const MuxSizes& s, const at::Tensor& vectors) {
   std::vector<T> scaled(s.n * s.d);
   const T* v = vectors.const_data_ptr<T>();
   const T inv_n = T(1) / static_cast<T>(s.n);
@@ -145,7 +138,7 @@ std::vector<T> scaled_vectors(const Sizes& s, const at::Tensor& vectors) {
 
 at::Tensor hadamard_mux_fwd(const at::Tensor& embeddings, const at::Tensor& vectors) {
   constexpr const char* op = "muxkernels::hadamard_mux_fwd_cpu: ";
-  const Sizes s = check_args(op, embeddings, vectors);
+  const MuxSizes s = check_args(op, embeddings, vectors);
   at::Tensor out = at::empty({s.groups, s.length, s.d}, embeddings.options());
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "hadamard_mux_fwd_cpu", [&] {
     const std::vector<scalar_t> scaled = scaled_vectors<scalar_t>(s, vectors);
@@ -163,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> hadamard_mux_bwd(const at::Tensor& grad_out,
                                                     const at::Tensor& vectors,
                                                     bool vectors_grad) {
   constexpr const char* op = "muxkernels::hadamard_mux_bwd_cpu: ";
-  const Sizes s = check_args(op, embeddings, vectors);
+  const MuxSizes s = check_args(op, embeddings, vectors);
   const std::vector<int64_t> shape{s.groups, s.length, s.d};
   TORCH_CHECK(grad_out.device().is_cpu() && grad_out.scalar_type() == embeddings.scalar_type() &&
                   grad_out.sizes() == at::IntArrayRef(shape) && grad_out.is_contiguous(),

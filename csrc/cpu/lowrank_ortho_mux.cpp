@@ -29,11 +29,7 @@
 namespace muxkernels::cpu {
 namespace {
 
-struct Sizes {
-  int64_t groups;  // B'
-  int64_t n;       // N
-  int64_t length;  // L
-  int64_t d;
+struct Sizes : MuxSizes {
   int64_t c;  // d // N, the columns of U and H per instance
   int64_t width() const { return n * c; }
   int64_t rows() const { return groups * length; }
@@ -104,7 +100,7 @@ Args check_args(const char* op, const at::Tensor& embeddings, const at::Tensor& 
   const int64_t n = embeddings.size(1), d = embeddings.size(3);
   TORCH_CHECK(n >= 1 && d >= n, op, "low-rank transforms need 1 <= N <= d, got N=", n,
               " and d=", d);
-  return {{embeddings.size(0), n, embeddings.size(2), d, d / n},
+  return {{{embeddings.size(0), n, embeddings.size(2), d}, d / n},
           check_factor(op, "u", u, dtype, d),
           check_factor(op, "h", h, dtype, d)};
 }
