@@ -3,11 +3,14 @@
 The operators ``lowrank_ortho_mux_fwd_cpu`` and ``lowrank_ortho_mux_bwd_cpu`` against the
 reference and its autograd in float64 on NaN-poisoned memory at odd sizes (N = 1, N = d,
 W = N·c < d), with factors stored by rows, by columns (as ``lowrank_factors`` returns them)
-and strided (copied); gradcheck through ``muxkernels.lowrank_ortho_mux`` on the cpu backend;
-opcheck; argument checks.
+and strided (copied), the GEMMs through the BLAS directly and through ATen; two threads on
+an input large enough to split; gradcheck through ``muxkernels.lowrank_ortho_mux`` on the
+cpu backend; opcheck; argument checks.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -31,10 +34,20 @@ def _factor(d: int, generator: int, dtype: torch.dtype, layout: str) -> torch.Te
     return randn(d, 2 * d, generator=generator, dtype=dtype)[:, ::2]
 
 
+@pytest.fixture(params=["direct", "aten"])
+def blas(request):
+    """The GEMMs through PyTorch's BLAS directly, or through ATen's addmm (the fallback
+    where that BLAS is not there)."""
+    module = importlib.import_module(_compiled.MODULE)
+    before = module.set_direct_blas(request.param == "direct")
+    yield request.param
+    module.set_direct_blas(before)
+
+
 @pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size", SIZES)
-def test_lowrank_ortho_mux_matches_the_loops(size, dtype, layout):
+def test_lowrank_ortho_mux_matches_the_reference(size, dtype, layout, blas):
     groups, n, length, d = size
     embeddings = randn(groups, n, length, d, generator=1, dtype=dtype)
     u, h = _factor(d, 2, dtype, layout), _factor(d, 3, dtype, layout)
@@ -104,3 +117,22 @@ def test_lowrank_ortho_mux_bwd_checks_grad_out():
         cpu_op("lowrank_ortho_mux_bwd")(
             torch.ones(2, 4, 8), torch.ones(2, 3, 5, 8), torch.ones(8, 8), torch.ones(8, 8), True
         )
+
+
+def test_lowrank_ortho_mux_splits_its_blocks_over_threads():
+    embeddings = randn(16, 4, 64, 96, generator=1, dtype=torch.float32)
+    u, h = transforms.lowrank_factors(4, 96, generator=0, dtype=torch.float32)
+    grad = randn(16, 64, 96, generator=2, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x = cpu_op("lowrank_ortho_mux_fwd")(embeddings, u, h)
+        got = cpu_op("lowrank_ortho_mux_bwd")(grad, embeddings, u, h, True)
+    finally:
+        torch.set_num_threads(threads)
+    leaves = [t.detach().double().requires_grad_() for t in (embeddings, u, h)]
+    want = reference.lowrank_ortho_mux(*leaves)
+    assert_close(x, want, KERNEL)
+    wants = torch.autograd.grad(want, leaves, grad.double())
+    for name, g, ref in zip(("d_embeddings", "d_u", "d_h"), got, wants, strict=True):
+        assert_close(g, ref, KERNEL, magnitude=ref.abs().max().expand_as(ref), what=name)

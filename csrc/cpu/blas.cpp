@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <type_traits>
 
@@ -44,9 +45,13 @@ void aten_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T al
                 alpha);
 }
 
+std::atomic<bool> direct_blas{true};
+
 }  // namespace
 
 bool blas_linked() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+bool set_direct_blas(bool on) { return direct_blas.exchange(on); }
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
@@ -61,7 +66,8 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
     if constexpr (std::is_same_v<T, float>) return sgemm_;
     else return dgemm_;
   }();
-  if (fortran == nullptr || !fits_int({m, n, k, lda, ldb, ldc})) {
+  if (fortran == nullptr || !direct_blas.load(std::memory_order_relaxed) ||
+      !fits_int({m, n, k, lda, ldb, ldc})) {
     aten_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }

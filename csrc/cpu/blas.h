@@ -15,7 +15,11 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
-// Whether gemm runs PyTorch's BLAS directly (and not ATen's addmm).
+// Whether PyTorch's BLAS is there for gemm to call directly (and not ATen's addmm).
 bool blas_linked();
+
+// Lets gemm call that BLAS directly (on, the default) or always ATen's addmm (off, how the
+// tests run the fallback where the BLAS is there); returns the previous setting.
+bool set_direct_blas(bool on);
 
 }  // namespace muxkernels::cpu

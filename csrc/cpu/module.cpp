@@ -12,4 +12,7 @@ PYBIND11_MODULE(_C_cpu, module) {
   module.doc() = "muxkernels compiled CPU operator implementations (registered on import)";
   module.def("blas_linked", &muxkernels::cpu::blas_linked,
              "Whether the kernels' GEMMs call PyTorch's BLAS (sgemm_/dgemm_) directly");
+  module.def("set_direct_blas", &muxkernels::cpu::set_direct_blas,
+             "Direct BLAS calls on (default) or off (ATen's addmm, as without that BLAS); "
+             "returns the previous setting");
 }
