@@ -43,6 +43,10 @@ void sum_partials(const std::vector<T>& partials, int64_t chunks, int64_t stride
   }
 }
 
+// Fails, naming the argument, unless t is a CPU tensor of `dtype`.
+void check_cpu_dtype(const char* op, const char* name, const at::Tensor& t,
+                     at::ScalarType dtype);
+
 // Fails, naming the argument, unless t is a contiguous CPU tensor of `dtype` and `rank`.
 void check_float_tensor(const char* op, const char* name, const at::Tensor& t,
                         at::ScalarType dtype, int64_t rank);

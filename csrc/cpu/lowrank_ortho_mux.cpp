@@ -76,9 +76,7 @@ void instance_projections(const Sizes& s, const T* embeddings, const at::Tensor&
 // A (d, d) factor with contiguous rows or columns: the factor itself, or its contiguous copy.
 at::Tensor check_factor(const char* op, const char* name, const at::Tensor& t,
                         at::ScalarType dtype, int64_t d) {
-  TORCH_CHECK(t.device().is_cpu(), op, name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, op, name, " must have the data's dtype ", dtype,
-              " (float32 or float64), got ", t.scalar_type());
+  check_cpu_dtype(op, name, t, dtype);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == d && t.size(1) == d, op, name,
               " must have shape (d, d) = (", d, ", ", d, "), got ", t.sizes());
   const bool rows = t.stride(1) == 1 && t.stride(0) >= d;
