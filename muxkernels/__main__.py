@@ -55,10 +55,10 @@ def _info() -> int:
     except ImportError:
         cpu_kernels = False
     if cpu_kernels:
+        gemms = "PyTorch's BLAS directly" if _cpu_compiled.blas_linked() else "ATen's addmm"
         what = (
-            "the cpu backend's demuxes, hadamard_mux, lowrank_ortho_mux, embed_mux and image "
-            "convolutions; lowrank_ortho_mux's GEMMs call "
-            + ("PyTorch's BLAS directly" if _cpu_compiled.blas_linked() else "ATen's addmm")
+            f"the cpu backend's {', '.join(_cpu_compiled.OPS)}; "
+            f"lowrank_ortho_mux's GEMMs call {gemms}"
         )
         print(f"compiled cpu kernels {_cpu_compiled.MODULE}: loaded ({what})")
     else:

@@ -16,14 +16,12 @@ import importlib
 from .. import _extension, _install, _opdefs
 
 MODULE = "muxkernels._C_cpu"
-# The operators muxkernels::<name>_cpu the module implements (csrc/cpu/); a module built
-# from older sources that lacks one is not used (``load`` says which and how to rebuild).
-OPERATORS = tuple(
-    f"{op}_{way}"
-    for op in ("hadamard_mux", "lowrank_ortho_mux", "embed_mux", "conv_mux", "demux_gather",
-               "index_demux", "index_pos_demux")
-    for way in ("fwd", "bwd")
-)  # fmt: skip
+# The ops whose operators muxkernels::<op>_{fwd,bwd}_cpu the module implements (csrc/cpu/);
+# a module built from older sources that lacks one is not used (``load`` says which and
+# how to rebuild).
+OPS = ("hadamard_mux", "lowrank_ortho_mux", "embed_mux", "conv_mux", "demux_gather",
+       "index_demux", "index_pos_demux")  # fmt: skip
+OPERATORS = tuple(f"{op}_{way}" for op in OPS for way in ("fwd", "bwd"))
 
 _loaded: bool | None = None  # None: not tried yet
 _error: BaseException | None = None
